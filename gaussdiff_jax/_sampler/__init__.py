@@ -1,0 +1,17 @@
+from ._base import (
+    AbstractSampler as AbstractSampler,
+    AffineStep as AffineStep,
+    Marginal as Marginal,
+    marginal as marginal,
+)
+from ._sigma import DDIM as DDIM, EDMHeun as EDMHeun
+from ._time import (
+    DDPM as DDPM,
+    RK4 as RK4,
+    AbstractRungeKutta as AbstractRungeKutta,
+    Euler as Euler,
+    EulerMaruyama as EulerMaruyama,
+    ExponentialIntegrator as ExponentialIntegrator,
+    Heun as Heun,
+    ode_field as ode_field,
+)

@@ -1,0 +1,156 @@
+"""Samplers that discretize the reverse SDE or the probability-flow ODE in forward time t ([PG]'s schemes).
+
+Notation (MATH.md section 2): step from s = t down to s' = t_next, h = s - s' > 0, b = beta/2,
+R^2 = abar*lam + 1 - abar. Per mode the probability-flow ODE (run backwards in t) is
+dy/d(-t) = a_ode(s) y + c_ode(s) m with a_ode = b (lam - 1) abar / R^2 and c_ode = b sqrt(abar) / R^2.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._errors import check
+from .._schedule import AbstractSchedule
+from ._base import AbstractSampler, AffineStep, Modes, marginal
+
+
+def ode_field(schedule: AbstractSchedule, s, lam: Modes) -> tuple[Modes, Modes]:
+    r"""The probability-flow ODE's affine field $(a^o(s), c^o(s))$ per mode, in reverse time."""
+    mg = marginal(schedule, s, lam)
+    b = 0.5 * schedule.beta(s)
+    return b * (lam - 1) * mg.alpha_bar / mg.variance, b * mg.sqrt_alpha_bar / mg.variance
+
+
+class EulerMaruyama(AbstractSampler):
+    r"""Euler–Maruyama on the reverse SDE: $A = 1 + h\,b(1 - 2/R^2)$, $C = 2hb\sqrt{\bar\alpha}/R^2$, $Q = 2hb$."""
+
+    def step(self, schedule, t, t_next, lam) -> AffineStep:
+        h = t - t_next
+        mg = marginal(schedule, t, lam)
+        hb = 0.5 * h * schedule.beta(t)
+        return AffineStep(
+            gain_minus_one=hb * (1 - 2 / mg.variance),
+            offset=2 * hb * mg.sqrt_alpha_bar / mg.variance,
+            noise_variance=jnp.broadcast_to(2 * hb, jnp.shape(lam)),
+        )
+
+
+class ExponentialIntegrator(AbstractSampler):
+    r"""Exponential integrator on the reverse SDE: linear part exact, score frozen at the step start.
+
+    With $\Delta = \frac12\int_{s'}^{s}\beta$: $A = 1 + \gamma_1(1 - 2/R^2)$, $C = 2\gamma_1\sqrt{\bar\alpha}/R^2$,
+    $Q = 2\gamma_2$, where $\gamma_1 = e^\Delta - 1$, $\gamma_2 = \frac12(e^{2\Delta} - 1)$.
+    """
+
+    def step(self, schedule, t, t_next, lam) -> AffineStep:
+        mg = marginal(schedule, t, lam)
+        two_delta = schedule.log_alpha_bar_ratio(t, t_next)
+        g1 = jnp.expm1(0.5 * two_delta)
+        return AffineStep(
+            gain_minus_one=g1 * (1 - 2 / mg.variance),
+            offset=2 * g1 * mg.sqrt_alpha_bar / mg.variance,
+            noise_variance=jnp.broadcast_to(jnp.expm1(two_delta), jnp.shape(lam)),
+        )
+
+
+class DDPM(AbstractSampler):
+    r"""DDPM ancestral sampling, $y' = (y + \beta_k\,\mathrm{score})/\sqrt{1-\beta_k} + \sqrt{Q}\,\xi$.
+
+    **Arguments:**
+
+    - `beta`: `"discrete"` (Ho et al.: $\beta_k = 1 - \bar\alpha(s)/\bar\alpha(s')$, exact for any grid) or
+      `"linearized"` ([PG]'s form: $\beta_k = h\,\beta(s)$; needs $\beta_k < 1$).
+    - `variance`: `"beta"` ($Q = \beta_k$) or `"posterior"` ($Q = \tilde\beta_k = \beta_k(1-\bar\alpha')/(1-\bar\alpha)$).
+    """
+
+    beta: Literal["discrete", "linearized"] = "discrete"
+    variance: Literal["beta", "posterior"] = "beta"
+
+    def __check_init__(self):
+        if self.beta not in ("discrete", "linearized"):
+            raise ValueError(f"DDPM: beta must be 'discrete' or 'linearized'; got {self.beta!r}.")
+        if self.variance not in ("beta", "posterior"):
+            raise ValueError(f"DDPM: variance must be 'beta' or 'posterior'; got {self.variance!r}.")
+
+    def step(self, schedule, t, t_next, lam) -> AffineStep:
+        mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
+        if self.beta == "discrete":
+            d_abar = schedule.alpha_bar_increment(t, t_next)
+            beta_k = d_abar / mg_next.alpha_bar
+            keep = mg.alpha_bar / mg_next.alpha_bar  # 1 - beta_k
+            sqrt_keep = jnp.sqrt(keep)
+            d_sqrt_abar = d_abar / (mg_next.sqrt_alpha_bar + mg.sqrt_alpha_bar)
+            # A = (sqrt(abar abar') (lam - 1) + sqrt(keep)) / R^2, written as 1 + small part.
+            gain_minus_one = ((lam - 1) * mg.sqrt_alpha_bar * d_sqrt_abar - beta_k / (1 + sqrt_keep)) / mg.variance
+            offset = beta_k * mg_next.sqrt_alpha_bar / mg.variance
+        else:
+            beta_k = (t - t_next) * schedule.beta(t)
+            beta_k = check(
+                beta_k,
+                ~(beta_k < 1),
+                "DDPM(beta='linearized'): a step has h*beta(t) >= 1, so sqrt(1 - beta_k) is undefined. "
+                "Use more steps (a finer grid where beta is large) or DDPM(beta='discrete').",
+            )
+            sqrt_keep = jnp.sqrt(1 - beta_k)
+            gain_minus_one = (beta_k / (1 + sqrt_keep) - beta_k / mg.variance) / sqrt_keep
+            offset = beta_k * mg.sqrt_alpha_bar / (mg.variance * sqrt_keep)
+        if self.variance == "beta":
+            noise = beta_k
+        else:
+            noise = beta_k * mg_next.one_minus_alpha_bar / mg.one_minus_alpha_bar
+        return AffineStep(gain_minus_one, offset, jnp.broadcast_to(noise, jnp.shape(lam)))
+
+
+class AbstractRungeKutta(AbstractSampler):
+    r"""An explicit Runge–Kutta method on the probability-flow ODE in $t$ (deterministic).
+
+    The field is affine in the state, $f(y, s) = a(s)y + c(s)m$, so every stage is affine too: stage $i$
+    has slope $K_i y + L_i m$ with $K_i = a_i(1 + h\sum_j a_{ij}K_j)$, $L_i = a_i h\sum_j a_{ij}L_j + c_i$,
+    and the step is $A - 1 = h\sum_i b_iK_i$, $C = h\sum_i b_iL_i$. Subclasses give the Butcher tableau.
+    """
+
+    nodes: ClassVar[tuple[float, ...]]
+    matrix: ClassVar[tuple[tuple[float, ...], ...]]
+    weights: ClassVar[tuple[float, ...]]
+
+    def step(self, schedule, t, t_next, lam) -> AffineStep:
+        h = t - t_next
+        Ks: list[Array] = []
+        Ls: list[Array] = []
+        for i, node in enumerate(self.nodes):
+            a_i, c_i = ode_field(schedule, t - node * h, lam)
+            coeffs = self.matrix[i]
+            stage_K = sum((coeffs[j] * Ks[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
+            stage_L = sum((coeffs[j] * Ls[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
+            Ks.append(a_i * (1 + h * stage_K))
+            Ls.append(a_i * h * stage_L + c_i)
+        gain_minus_one = h * sum(w * K for w, K in zip(self.weights, Ks) if w)
+        offset = h * sum(w * L for w, L in zip(self.weights, Ls) if w)
+        return AffineStep(gain_minus_one, offset, jnp.zeros_like(gain_minus_one))
+
+
+class Euler(AbstractRungeKutta):
+    r"""Euler on the probability-flow ODE in $t$: $A = 1 + h\,a^o(s)$, $C = h\,c^o(s)$ (order 1)."""
+
+    nodes = (0.0,)
+    matrix = ((),)
+    weights = (1.0,)
+
+
+class Heun(AbstractRungeKutta):
+    r"""Heun (Euler predictor, trapezoid corrector) on the probability-flow ODE in $t$, every step (order 2)."""
+
+    nodes = (0.0, 1.0)
+    matrix = ((), (1.0,))
+    weights = (0.5, 0.5)
+
+
+class RK4(AbstractRungeKutta):
+    r"""Classical RK4 on the probability-flow ODE in $t$ (stages at $s$, $s - h/2$ twice, $s'$; order 4)."""
+
+    nodes = (0.0, 0.5, 0.5, 1.0)
+    matrix = ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
+    weights = (1 / 6, 1 / 3, 1 / 3, 1 / 6)

@@ -1,0 +1,10 @@
+from ._base import AbstractSchedule as AbstractSchedule
+from ._discrete import Discrete as Discrete
+from ._standard import (
+    EDM as EDM,
+    AbstractLogAlphaBarSchedule as AbstractLogAlphaBarSchedule,
+    Cosine as Cosine,
+    LinearBeta as LinearBeta,
+    LogSNRLinear as LogSNRLinear,
+    Tangent as Tangent,
+)

@@ -1,0 +1,218 @@
+"""Closed-form noise schedules: linear beta, cosine, EDM (Karras), linear log-SNR, tangent."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from .._errors import check
+from ._base import AbstractSchedule, Time
+
+
+def _positive(x: ArrayLike, what: str) -> Array:
+    x = jnp.asarray(x, dtype=jnp.result_type(float))
+    return check(x, ~(x > 0), f"{what} must be > 0 (and not NaN).")
+
+
+class AbstractLogAlphaBarSchedule(AbstractSchedule):
+    r"""A schedule defined by a closed form of $\log\bar\alpha(t)$ (accurate near $t = 0$).
+
+    Subclasses define `log_alpha_bar`; $1-\bar\alpha = -\mathrm{expm1}(\log\bar\alpha)$ then keeps full
+    relative precision at small $t$, where fine grids put most of their steps.
+    """
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        log_ab = self.log_alpha_bar(t)
+        return log_ab - jnp.log(-jnp.expm1(log_ab))
+
+    def alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return jnp.exp(self.log_alpha_bar(t))
+
+    def one_minus_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return -jnp.expm1(self.log_alpha_bar(t))
+
+    def sigma(self, t: Time) -> Float[Array, "*shape"]:
+        return jnp.sqrt(jnp.expm1(-self.log_alpha_bar(t)))
+
+    def alpha_bar_increment(self, t: Time, t_next: Time) -> Float[Array, "*shape"]:
+        # abar' - abar = abar' * (1 - exp(-L)), L = log abar' - log abar >= 0.
+        return self.alpha_bar(t_next) * -jnp.expm1(-self.log_alpha_bar_ratio(t, t_next))
+
+
+class LinearBeta(AbstractLogAlphaBarSchedule):
+    r"""Linear rate $\beta(t) = \beta_{\min} + (\beta_{\max} - \beta_{\min})\,t$ (Song et al., DDPM).
+
+    $\log\bar\alpha(t) = -\beta_{\min} t - \tfrac12(\beta_{\max}-\beta_{\min})t^2$. Defaults 0.1 -> 20 are
+    the usual VP-SDE values ([PG]'s 0.05 -> 10 in their half-rate convention).
+    """
+
+    beta_min: Float[Array, ""]
+    beta_max: Float[Array, ""]
+
+    def __init__(self, beta_min: float | ArrayLike = 0.1, beta_max: float | ArrayLike = 20.0):
+        self.beta_min = _positive(beta_min, "LinearBeta: beta_min")
+        self.beta_max = check(
+            _positive(beta_max, "LinearBeta: beta_max"),
+            ~(jnp.asarray(beta_max) >= jnp.asarray(beta_min)),
+            "LinearBeta: beta_max must be >= beta_min (beta increases with t).",
+        )
+
+    def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        t = jnp.asarray(t)
+        return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        return self.beta_min + (self.beta_max - self.beta_min) * jnp.asarray(t)
+
+    def log_alpha_bar_ratio(self, t: Time, t_next: Time) -> Float[Array, "*shape"]:
+        # Exact integral of beta over [t_next, t]: h * (beta at the midpoint); no cancellation.
+        t, t_next = jnp.asarray(t), jnp.asarray(t_next)
+        return (t - t_next) * (self.beta_min + 0.5 * (self.beta_max - self.beta_min) * (t + t_next))
+
+
+class Cosine(AbstractSchedule):
+    r"""Nichol–Dhariwal cosine schedule $\bar\alpha(t) = f(t)/f(0)$, $f(t) = \cos^2\big(\tfrac\pi2\tfrac{t+s}{1+s}\big)$.
+
+    $\bar\alpha(1) = 0$. With offset $s > 0$ the schedule has $1-\bar\alpha \propto t$ near 0, which
+    makes the DDIM leading-term functional infinite (MATH.md section 4); $s = 0$ is the tangent law
+    with $\gamma = 1$.
+    """
+
+    s: Float[Array, ""]
+
+    def __init__(self, s: float | ArrayLike = 0.008):
+        s = jnp.asarray(s, dtype=jnp.result_type(float))
+        self.s = check(s, ~(s >= 0), "Cosine: offset s must be >= 0.")
+
+    def _angles(self, t: Time):
+        t = jnp.asarray(t)
+        a0 = 0.5 * math.pi * self.s / (1 + self.s)
+        # Angle measured from pi/2, so that cos(pi/2 - psi) = sin(psi) is exact near t = 1.
+        psi = 0.5 * math.pi * (1 - t) / (1 + self.s)
+        a = 0.5 * math.pi * (t + self.s) / (1 + self.s)
+        return a0, a, psi
+
+    def alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        a0, _, psi = self._angles(t)
+        return (jnp.sin(psi) / jnp.cos(a0)) ** 2
+
+    def one_minus_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        # cos^2 a0 - cos^2 a = sin(a - a0) sin(a + a0)
+        a0, a, _ = self._angles(t)
+        return jnp.sin(a - a0) * jnp.sin(a + a0) / jnp.cos(a0) ** 2
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        return jnp.log(self.alpha_bar(t)) - jnp.log(self.one_minus_alpha_bar(t))
+
+    def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return jnp.log(self.alpha_bar(t))
+
+
+class EDM(AbstractSchedule):
+    r"""Karras et al. (EDM) noise levels $\sigma(t) = (\sigma_{\min}^{1/\rho} + t(\sigma_{\max}^{1/\rho} - \sigma_{\min}^{1/\rho}))^\rho$.
+
+    Seen as a VP schedule through $\bar\alpha = 1/(1+\sigma^2)$. A uniform grid in $t$ gives the
+    Karras $\rho$-spaced noise levels. Note $\bar\alpha(0) = 1/(1+\sigma_{\min}^2) < 1$.
+    """
+
+    sigma_min: Float[Array, ""]
+    sigma_max: Float[Array, ""]
+    rho: Float[Array, ""]
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+        self.sigma_min = check(
+            jnp.asarray(sigma_min, dtype=jnp.result_type(float)),
+            ~(jnp.asarray(sigma_min) >= 0),
+            "EDM: sigma_min must be >= 0.",
+        )
+        self.sigma_max = check(
+            _positive(sigma_max, "EDM: sigma_max"),
+            ~(jnp.asarray(sigma_max) > jnp.asarray(sigma_min)),
+            "EDM: sigma_max must exceed sigma_min.",
+        )
+        self.rho = _positive(rho, "EDM: rho")
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        t = jnp.asarray(t)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return -2 * self.rho * jnp.log(lo + t * (hi - lo))
+
+
+class LogSNRLinear(AbstractSchedule):
+    r"""Log-SNR linear in time: $\ell(t) = \ell_{\max} + t(\ell_{\min} - \ell_{\max})$."""
+
+    log_snr_max: Float[Array, ""]
+    log_snr_min: Float[Array, ""]
+
+    def __init__(self, log_snr_max: float = 10.0, log_snr_min: float = -10.0):
+        self.log_snr_max = jnp.asarray(log_snr_max, dtype=jnp.result_type(float))
+        self.log_snr_min = check(
+            jnp.asarray(log_snr_min, dtype=jnp.result_type(float)),
+            ~(jnp.asarray(log_snr_min) < jnp.asarray(log_snr_max)),
+            "LogSNRLinear: log_snr_min must be < log_snr_max (log-SNR decreases with t).",
+        )
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        return self.log_snr_max + jnp.asarray(t) * (self.log_snr_min - self.log_snr_max)
+
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        # beta = -(1 - abar) * dl/dt
+        return self.one_minus_alpha_bar(t) * (self.log_snr_max - self.log_snr_min)
+
+
+class Tangent(AbstractSchedule):
+    r"""The tangent law $\sigma(t) = \gamma\tan\phi(t)$, $\phi$ linear from $\arctan(\sigma_{\min}/\gamma)$ to $\arctan(\sigma_{\max}/\gamma)$.
+
+    With the defaults $\sigma_{\min}=0$, $\sigma_{\max}=\infty$ this is $\sigma = \gamma\tan(\pi t/2)$,
+    $\bar\alpha(0)=1$, $\bar\alpha(1)=0$: the optimal DDIM schedule for an isotropic spectrum with
+    eigenvalue $\gamma^2$ (MATH.md section 4), and for $\gamma = 1$ the offset-free cosine schedule.
+    The endpoints are static (not trained); `gamma` is a differentiable parameter.
+    """
+
+    gamma: Float[Array, ""]
+    sigma_min: float = eqx.field(static=True, default=0.0)
+    sigma_max: float = eqx.field(static=True, default=math.inf)
+
+    def __init__(self, gamma: float | ArrayLike = 1.0, sigma_min: float = 0.0, sigma_max: float = math.inf):
+        self.gamma = _positive(gamma, "Tangent: gamma")
+        if not (0 <= float(sigma_min) < float(sigma_max)):
+            raise ValueError(
+                f"Tangent: need 0 <= sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}."
+            )
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def _angles(self, t: Time):
+        # phi = angle of sigma/gamma, psi = pi/2 - phi; both interpolate linearly in t. Using sin of each
+        # keeps both ends exact (sin 0 = 0) in float32, where cos(float32(pi/2)) < 0.
+        t = jnp.asarray(t)
+        phi0 = jnp.arctan2(self.sigma_min, self.gamma)
+        psi0 = jnp.arctan2(self.gamma, self.sigma_min)
+        if math.isinf(self.sigma_max):
+            phi1, psi1 = 0.5 * math.pi, 0.0
+        else:
+            phi1, psi1 = jnp.arctan2(self.sigma_max, self.gamma), jnp.arctan2(self.gamma, self.sigma_max)
+        phi = (1 - t) * phi0 + t * phi1
+        psi = (1 - t) * psi0 + t * psi1
+        return jnp.sin(phi), jnp.sin(psi)  # proportional to sin and cos of the angle of sigma
+
+    def _fractions(self, t: Time):
+        sin_phi, sin_psi = self._angles(t)
+        signal, noise = sin_psi**2, (self.gamma * sin_phi) ** 2
+        total = signal + noise
+        return signal / total, noise / total
+
+    def alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return self._fractions(t)[0]
+
+    def one_minus_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return self._fractions(t)[1]
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        sin_phi, sin_psi = self._angles(t)
+        return 2 * (jnp.log(sin_psi) - jnp.log(self.gamma * sin_phi))
+
+    def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return jnp.log(self.alpha_bar(t))
