@@ -35,3 +35,11 @@ from ._schedule import (
 from ._source import GaussianSource as GaussianSource
 
 __version__ = "0.1.0"
+
+# Each area adds its public names below its own marker (keep `X as X` re-exports).
+# --- optimization (issue 3) ---
+# --- analytic optima and asymptotics (issue 3) ---
+# --- real spectra, compression, sweeps, sharding (issue 4) ---
+# --- model schedules, grids and export (issue 5) ---
+# --- Gaussian mixtures and Jain-Zhang (issue 6) ---
+# --- plots (issue 7) ---

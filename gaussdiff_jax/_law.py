@@ -159,8 +159,13 @@ def sample_law(
     (eps, delta, v_direct), _ = jax.lax.scan(one_step, (eps0, delta0, v0), (ts[:-1], ts[1:]))
     final = marginal(schedule, ts[-1], lam)
     ok = final.variance > 0
-    log_ratio = jnp.log1p(delta)
-    variance = jnp.where(ok, final.variance * (1 + delta), v_direct)
+    # The relative deviation is the accurate representation while it is small; once the output is far
+    # from p_t (|delta| >= 1/2, e.g. a stiff last step collapsing the variance) the plain recursion,
+    # a product of per-step factors, keeps the better relative accuracy.
+    near = ok & (jnp.abs(delta) < 0.5)
+    safe_R2 = jnp.where(ok, final.variance, 1.0)
+    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)), jnp.log(v_direct) - jnp.log(safe_R2))
+    variance = jnp.where(near, final.variance * (1 + delta), v_direct)
     law = GaussianLaw(
         mean_multiplier=final.sqrt_alpha_bar + eps,
         variance=variance,
