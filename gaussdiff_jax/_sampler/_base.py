@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._numerics import safe_sqrt
 from .._schedule import AbstractSchedule
 
 Modes = Float[Array, "*batch d"]
@@ -47,7 +48,7 @@ class Marginal(NamedTuple):
 
     @property
     def sqrt_alpha_bar(self) -> Array:
-        return jnp.sqrt(self.alpha_bar)
+        return safe_sqrt(self.alpha_bar)
 
 
 def marginal(schedule: AbstractSchedule, t, lam: Modes) -> Marginal:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._numerics import safe_sqrt
+
 from .._errors import check
 from ._base import AbstractSampler, AffineStep, marginal
 
@@ -16,7 +18,7 @@ from ._base import AbstractSampler, AffineStep, marginal
 def _safe_sqrt_ratio(num, den):
     """sqrt(num/den) with 0 where den == 0 (NaN-free in value and gradient)."""
     ok = den > 0
-    return jnp.where(ok, jnp.sqrt(num / jnp.where(ok, den, 1.0)), 0.0)
+    return jnp.where(ok, safe_sqrt(num / jnp.where(ok, den, 1.0)), 0.0)
 
 
 class DDIM(AbstractSampler):
@@ -49,9 +51,9 @@ class DDIM(AbstractSampler):
             ~(redraw <= 1),
             "DDIM: eta^2 (1 - abar/abar') / (1 - abar) exceeds 1 on a step; lower eta.",
         )
-        kappa = jnp.sqrt(1 - redraw)
+        kappa = safe_sqrt(1 - redraw)
         noise = redraw * om_n
-        sqrt_om, sqrt_om_n = jnp.sqrt(om), jnp.sqrt(om_n)
+        sqrt_om, sqrt_om_n = safe_sqrt(om), safe_sqrt(om_n)
         sq_ab, sq_ab_n = mg.sqrt_alpha_bar, mg_next.sqrt_alpha_bar
         d_sqrt_ab = d_ab / (sq_ab_n + sq_ab)
         # g - 1 = [lam sqrt(abar)(sqrt(abar') - sqrt(abar)) + sqrt(1-abar)(kappa sqrt(1-abar') - sqrt(1-abar))] / R^2
@@ -61,14 +63,14 @@ class DDIM(AbstractSampler):
         offset = sq_ab_n - gain * sq_ab
 
         # Rotation form of the variance defect (exact, no cancellation). sin/cos of theta and theta'.
-        R, R_n = jnp.sqrt(mg.variance), jnp.sqrt(mg_next.variance)
-        sin_t = jnp.sqrt(om) / R
+        R, R_n = safe_sqrt(mg.variance), safe_sqrt(mg_next.variance)
+        sin_t = safe_sqrt(om) / R
         sin_tn = _safe_sqrt_ratio(om_n, mg_next.variance)
         R_n_safe = jnp.where(R_n > 0, R_n, 1.0)
-        cross = jnp.sqrt(om * ab_n) + jnp.sqrt(ab * om_n)
+        cross = safe_sqrt(om * ab_n) + safe_sqrt(ab * om_n)
         cross = jnp.where(cross > 0, cross, 1.0)
-        sin_d = jnp.sqrt(lam) * d_ab / (R * R_n_safe * cross)
-        cos_d = (lam * jnp.sqrt(ab * ab_n) + jnp.sqrt(om * om_n)) / (R * R_n_safe)
+        sin_d = safe_sqrt(lam) * d_ab / (R * R_n_safe * cross)
+        cos_d = (lam * safe_sqrt(ab * ab_n) + safe_sqrt(om * om_n)) / (R * R_n_safe)
         one_minus_cos = sin_d**2 / (1 + cos_d)
         one_minus_kappa = redraw / (1 + kappa)
         one_minus_x = one_minus_cos + one_minus_kappa * sin_t * sin_tn
