@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -16,7 +17,7 @@ class OptimizeResult(NamedTuple):
     """What `optimize` returns."""
 
     module: Any
-    """The optimized module (same structure as the input)."""
+    """The best module seen (lowest loss; usually the last), same structure as the input."""
     losses: np.ndarray
     """Loss before each step, shape `(steps,)`, plus the final loss as the last entry (`steps + 1` values)."""
 
@@ -46,7 +47,8 @@ def optimize(
     - `args`: passed as the second argument of `loss_fn` if not `None` (data that is not trained).
     - `filter_spec`: which leaves are trained (equinox filter; default all floating arrays).
 
-    **Returns:** `OptimizeResult(module, losses)`.
+    **Returns:** `OptimizeResult(module, losses)`: the parameters with the lowest loss seen (so a
+    fixed step count cannot make a converged L-BFGS run worse) and the loss history.
 
     **Raises:** `FloatingPointError` if the loss becomes NaN or infinite (with the step number and what
     to try), rather than returning a corrupted module.
@@ -68,14 +70,22 @@ def optimize(
     @eqx.filter_jit
     def step(p, state):
         value, grad = jax.value_and_grad(value_of)(p)
-        updates, state = optimizer.update(grad, state, p, value=value, grad=grad, value_fn=value_of)
-        return optax.apply_updates(p, updates), state, value
+        # optax mixes its int32 step counter with floats; keep that legal under strict dtype promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = optimizer.update(grad, state, p, value=value, grad=grad, value_fn=value_of)
+            return optax.apply_updates(p, updates), state, value
 
-    state = optimizer.init(params)
+    with jax.numpy_dtype_promotion("standard"):
+        state = optimizer.init(params)
+    # Some optimizers (optax.lbfgs) initialize weakly-typed state that becomes strongly typed after one
+    # update; fixing the types now avoids compiling the step twice.
+    state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype) if eqx.is_array(x) else x, state)
     losses = []
+    best_value, best_params = math.inf, params
     bar = _progress(progress, int(steps))
     try:
         for k in range(int(steps)):
+            previous = params  # the loss returned by a step is the loss of the parameters it started from
             params, state, value = step(params, state)
             value = float(value)
             if not math.isfinite(value):
@@ -84,14 +94,19 @@ def optimize(
                     "point (a finite loss), or check that the loss is defined on the whole parameter space."
                 )
             losses.append(value)
+            if value < best_value:
+                best_value, best_params = value, previous
             if bar is not None:
                 bar.advance(value)
         final = float(eqx.filter_jit(value_of)(params))
-        losses.append(final)
+        if math.isfinite(final):
+            losses.append(final)
+            if final < best_value:
+                best_value, best_params = final, params
     finally:
         if bar is not None:
             bar.close()
-    return OptimizeResult(eqx.combine(params, static), np.asarray(losses))
+    return OptimizeResult(eqx.combine(best_params, static), np.asarray(losses))
 
 
 class _Bar:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +91,188 @@ class GaussianSource(eqx.Module):
         if self.weights is not None:
             per_mode = per_mode * self.weights
         return jnp.sum(per_mode, axis=-1)
+
+    @property
+    def num_modes(self) -> Float[Array, "*batch"]:
+        """Number of modes represented, counting multiplicities (`dim` when there are no weights)."""
+        if self.weights is None:
+            return jnp.full(self.batch_shape, self.dim, dtype=self.eigenvalues.dtype)
+        return jnp.sum(self.weights, axis=-1)
+
+    # --- constructors from data (issue 4) ---
+
+    @classmethod
+    def from_covariance(
+        cls,
+        covariance: Float[ArrayLike, "*batch d d"],
+        mean: Float[ArrayLike, "*batch d"] | None = None,
+        *,
+        rtol: float | None = None,
+    ) -> GaussianSource:
+        r"""The law $\mathcal N(\mu, \Sigma)$ from an explicit covariance matrix (dense eigendecomposition).
+
+        **Arguments:**
+
+        - `covariance`: symmetric positive semi-definite $\Sigma$, shape `(*batch, d, d)`.
+        - `mean`: $\mu$ in the original coordinates, shape `(*batch, d)`; `None` means zero mean.
+        - `rtol`: eigenvalues in $[-\text{rtol}\,\lambda_{\max}, 0)$ are round-off and are set to 0; more
+          negative ones are an error. Default `100 * d * eps` of the dtype.
+
+        **Returns:** a `GaussianSource` with eigenvalues in decreasing order and mean coordinates
+        $m = U^\top\mu$ for the eigenbasis $U$ of `jnp.linalg.eigh` (columns reordered likewise).
+        Costs $O(d^3)$; for $n < d$ samples use `from_samples`, which never forms $\Sigma$.
+        """
+        cov = jnp.asarray(covariance)
+        if not jnp.issubdtype(cov.dtype, jnp.floating):
+            cov = cov.astype(jnp.result_type(float))
+        if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2] or cov.shape[-1] == 0:
+            raise ValueError(
+                f"from_covariance: covariance must have shape (*batch, d, d) with d >= 1; got {cov.shape}."
+            )
+        d = cov.shape[-1]
+        tol = 100 * d * float(jnp.finfo(cov.dtype).eps) if rtol is None else float(rtol)
+        cov = check(cov, ~jnp.isfinite(cov), "from_covariance: covariance has a NaN or infinite entry.")
+        scale = jnp.max(jnp.abs(cov), axis=(-2, -1), keepdims=True)
+        cov = check(
+            cov,
+            jnp.abs(cov - jnp.swapaxes(cov, -1, -2)) > tol * scale,
+            "from_covariance: covariance is not symmetric (beyond round-off). Pass (C + C.T) / 2 if "
+            "the asymmetry is numerical.",
+        )
+        sym = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        lam, vecs = jnp.linalg.eigh(sym)
+        lam, vecs = lam[..., ::-1], vecs[..., :, ::-1]
+        top = jnp.maximum(lam[..., :1], 0.0)
+        lam = check(
+            lam,
+            lam < -tol * top,
+            "from_covariance: covariance is not positive semi-definite (an eigenvalue is clearly negative).",
+        )
+        lam = jnp.maximum(lam, 0.0)  # round-off negatives of a singular covariance
+        m = None
+        if mean is not None:
+            mu = jnp.asarray(mean, dtype=lam.dtype)
+            if mu.shape[-1:] != (d,):
+                raise ValueError(f"from_covariance: mean must have shape (*batch, {d}); got {mu.shape}.")
+            m = jnp.einsum("...ij,...i->...j", vecs, mu)
+            m = jnp.broadcast_to(m, lam.shape)
+        return cls(lam, m)
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: Float[ArrayLike, "*batch n d"],
+        *,
+        ddof: int = 1,
+        center: bool = True,
+    ) -> GaussianSource:
+        r"""The Gaussian fitted to samples (principal component analysis): sample mean and covariance.
+
+        **Arguments:**
+
+        - `samples`: shape `(*batch, n, d)`, one sample per row.
+        - `ddof`: the covariance is $X_c^\top X_c/(n - \text{ddof})$ with $X_c$ the centred samples
+          (`ddof=1`, the default, is `numpy.cov`'s unbiased estimate).
+        - `center`: subtract the sample mean (and keep it as the source's mean). With `False` the
+          samples are taken as already centred around a zero mean.
+
+        **Returns:** a `GaussianSource` of dimension `d`, eigenvalues in decreasing order. Uses a thin
+        SVD of $X_c$ ($O(nd\min(n, d))$, never the $d \times d$ covariance). When $n \le d$ the
+        covariance has rank at most $n - 1$: the remaining eigenvalues are exactly 0 (singular values
+        below round-off are set to 0 too). The mean's component in that null space is put on one
+        null mode; any orthonormal basis of a degenerate eigenspace is an eigenbasis, and every
+        divergence depends only on each eigenspace's mean energy.
+        """
+        x = jnp.asarray(samples)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.result_type(float))
+        if x.ndim < 2 or x.shape[-1] == 0:
+            raise ValueError(f"from_samples: samples must have shape (*batch, n, d) with d >= 1; got {x.shape}.")
+        n, d = x.shape[-2], x.shape[-1]
+        if n - ddof < 1:
+            raise ValueError(f"from_samples: need n - ddof >= 1 samples; got n = {n}, ddof = {ddof}.")
+        x = check(x, ~jnp.isfinite(x), "from_samples: samples contain a NaN or infinite entry.")
+        mu = jnp.mean(x, axis=-2) if center else jnp.zeros(x.shape[:-2] + (d,), dtype=x.dtype)
+        xc = x - mu[..., None, :]
+        _, s, vt = jnp.linalg.svd(xc, full_matrices=False)  # s: (*batch, k), vt: (*batch, k, d)
+        k = s.shape[-1]
+        eps = float(jnp.finfo(x.dtype).eps)
+        s = jnp.where(s <= max(n, d) * eps * s[..., :1], 0.0, s)
+        lam = s**2 / (n - ddof)
+        coords = jnp.einsum("...kd,...d->...k", vt, mu)
+        if k < d:
+            # Null space: eigenvalue 0, dimension d - k. Put the mean's remaining norm on its first mode.
+            rest = jnp.sum(mu * mu, axis=-1) - jnp.sum(coords * coords, axis=-1)
+            rest = jnp.sqrt(jnp.maximum(rest, 0.0))
+            pad = jnp.zeros(x.shape[:-2] + (d - k,), dtype=lam.dtype)
+            lam = jnp.concatenate([lam, pad], axis=-1)
+            coords = jnp.concatenate([coords, pad.at[..., 0].set(rest)], axis=-1)
+        return cls(lam, coords if center else None)
+
+    @classmethod
+    def from_image(cls, image: Float[ArrayLike, "M N *C"], *, mean: bool = True) -> GaussianSource:
+        r"""The ADSN texture model of an image: a stationary (circulant) Gaussian, diagonalized by the FFT.
+
+        Asymptotic discrete spot noise (Galerne, Gousseau, Morel 2011): with the per-channel mean
+        $\bar u_c$ and the texton $t_c = (u_c - \bar u_c)/\sqrt{MN}$, the model is
+        $X_c = \bar u_c + t_c \star W$ for one white noise $W$ on the $M \times N$ torus (circular
+        convolution). Its covariance, of size $d = MNC$, is block-diagonal in the Fourier basis: at
+        frequency $\xi$ the $C \times C$ block is $\hat t(\xi)\hat t(\xi)^*$, of rank one, with eigenvalue
+        $\sum_c|\hat t_c(\xi)|^2$ (unnormalized DFT) and $C - 1$ zeros.
+
+        **Arguments:**
+
+        - `image`: shape `(M, N)` (grey) or `(M, N, C)` (channels last), any real range.
+        - `mean`: include the model's mean image $\bar u$ (it lies in the zero eigenspace at frequency
+          0, since the texton has zero mean; its coordinate is $\|\bar u\| = \sqrt{MN\sum_c\bar u_c^2}$).
+
+        **Returns:** a `GaussianSource` of dimension $MNC$: the $MN$ per-frequency eigenvalues (in
+        `numpy.fft.fft2` order, row-major, frequency 0 first and set to exactly 0) followed by
+        $MN(C - 1)$ zeros, the layout of the bundled `spectra.load("adsn_fabric")`.
+        """
+        u = np.asarray(image, dtype=np.float64)
+        if u.ndim == 2:
+            u = u[:, :, None]
+        if u.ndim != 3 or u.shape[0] < 1 or u.shape[1] < 1 or u.shape[2] < 1:
+            raise ValueError(f"from_image: image must have shape (M, N) or (M, N, C); got {np.shape(image)}.")
+        if not np.all(np.isfinite(u)):
+            raise ValueError("from_image: image has a NaN or infinite pixel.")
+        M, N, C = u.shape
+        ubar = u.mean(axis=(0, 1))
+        texton = (u - ubar) / math.sqrt(M * N)
+        spectrum = np.sum(np.abs(np.fft.fft2(texton, axes=(0, 1))) ** 2, axis=-1).reshape(-1)
+        spectrum[0] = 0.0  # the texton has zero mean: exactly 0 at frequency 0
+        lam = np.concatenate([spectrum, np.zeros(M * N * (C - 1))])
+        dtype = jnp.result_type(float)
+        m = None
+        if mean:
+            m = np.zeros_like(lam)
+            m[0] = math.sqrt(M * N * float(np.sum(ubar**2)))
+            m = jnp.asarray(m, dtype=dtype)
+        return cls(jnp.asarray(lam, dtype=dtype), m)
+
+    @classmethod
+    def power_law(
+        cls,
+        dim: int,
+        *,
+        exponent: float = 1.0,
+        scale: float = 1.0,
+    ) -> GaussianSource:
+        r"""The synthetic spectrum $\lambda_j = \text{scale}\cdot j^{-\text{exponent}}$, $j = 1, \dots, d$ (zero mean).
+
+        Natural images have roughly power-law covariance spectra. The array has `dim` entries; for
+        $d$ too large to store use `gaussdiff_jax.compress_power_law`, which never forms it.
+        """
+        dim = int(dim)
+        if dim < 1:
+            raise ValueError(f"power_law: dim must be >= 1; got {dim}.")
+        if not (math.isfinite(exponent) and exponent >= 0):
+            raise ValueError(f"power_law: exponent must be finite and >= 0; got {exponent}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"power_law: scale must be finite and > 0; got {scale}.")
+        j = np.arange(1, dim + 1, dtype=np.float64)
+        return cls(jnp.asarray(scale * j ** (-float(exponent)), dtype=jnp.result_type(float)))
 
 
 def _broadcast_like(x: ArrayLike, like: Array, name: str) -> Array:

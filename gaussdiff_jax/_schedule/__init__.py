@@ -8,3 +8,4 @@ from ._standard import (
     LogSNRLinear as LogSNRLinear,
     Tangent as Tangent,
 )
+from ._flow import RectifiedFlow as RectifiedFlow

@@ -89,7 +89,10 @@ class Discrete(AbstractSchedule):
 
     def time_of(self, index: ArrayLike) -> Float[Array, "*shape"]:
         """Continuous time of training index `index` (0-based): `(index + 1) / T`."""
-        return (jnp.asarray(index) + 1.0) / self.num_train_timesteps
+        index = jnp.asarray(index)
+        if not jnp.issubdtype(index.dtype, jnp.floating):  # integer indices (strict dtype promotion)
+            index = index.astype(jnp.result_type(float))
+        return (index + 1.0) / self.num_train_timesteps
 
     def index_of(self, t: Time) -> Float[Array, "*shape"]:
         """Fractional training index at continuous time `t` (inverse of `time_of`)."""

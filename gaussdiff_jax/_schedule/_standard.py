@@ -100,9 +100,10 @@ class Cosine(AbstractSchedule):
         return (jnp.sin(psi) / jnp.cos(a0)) ** 2
 
     def one_minus_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
-        # cos^2 a0 - cos^2 a = sin(a - a0) sin(a + a0)
+        # cos^2 a0 - cos^2 a = sin(a - a0) sin(a + a0), with a - a0 formed exactly (0 at t = 0, never < 0).
         a0, a, _ = self._angles(t)
-        return jnp.sin(a - a0) * jnp.sin(a + a0) / jnp.cos(a0) ** 2
+        a_minus_a0 = 0.5 * math.pi * jnp.asarray(t) / (1 + self.s)
+        return jnp.sin(a_minus_a0) * jnp.sin(a + a0) / jnp.cos(a0) ** 2
 
     def log_snr(self, t: Time) -> Float[Array, "*shape"]:
         return jnp.log(self.alpha_bar(t)) - jnp.log(self.one_minus_alpha_bar(t))
