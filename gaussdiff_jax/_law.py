@@ -152,8 +152,9 @@ def sample_law(
         else:
             mean_defect = step.mean_defect
         delta_next = jnp.where(ok, defect + (1 + defect - Q / R2_next) * delta, 0.0)
-        eps_next = (1 + a) * eps + mean_defect
-        v_next = (1 + a) ** 2 * v + Q
+        gain = step.gain
+        eps_next = gain * eps + mean_defect
+        v_next = gain**2 * v + Q
         return (eps_next, delta_next, v_next), None
 
     (eps, delta, v_direct), _ = jax.lax.scan(one_step, (eps0, delta0, v0), (ts[:-1], ts[1:]))

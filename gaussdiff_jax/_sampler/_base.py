@@ -25,6 +25,8 @@ class AffineStep(NamedTuple):
     - `variance_defect` $= (A^2R^2 + Q)/R'^2 - 1$, with $R^2 = \bar\alpha\lambda + 1 - \bar\alpha$ at $t$ and
       $R'^2$ at $t_{\rm next}$: the relative variance error of one step started on the exact marginal.
     - `mean_defect` $= A\sqrt{\bar\alpha} + C - \sqrt{\bar\alpha'}$: its mean error.
+    - `exact_gain`: $A$ computed directly, for steps where $A$ can be much smaller than 1 (a jump to
+      $\bar\alpha' \approx 1$ on a tiny eigenvalue), where $1 + (A - 1)$ would lose its relative precision.
     """
 
     gain_minus_one: Modes
@@ -32,11 +34,12 @@ class AffineStep(NamedTuple):
     noise_variance: Modes
     variance_defect: Modes | None = None
     mean_defect: Modes | None = None
+    exact_gain: Modes | None = None
 
     @property
     def gain(self) -> Modes:
-        """$A$ itself."""
-        return 1 + self.gain_minus_one
+        """$A$ itself: `exact_gain` when the sampler gives it (accurate where $|A| \ll 1$), else `1 + gain_minus_one`."""
+        return 1 + self.gain_minus_one if self.exact_gain is None else self.exact_gain
 
 
 class Marginal(NamedTuple):

@@ -59,7 +59,8 @@ class DDIM(AbstractSampler):
         # g - 1 = [lam sqrt(abar)(sqrt(abar') - sqrt(abar)) + sqrt(1-abar)(kappa sqrt(1-abar') - sqrt(1-abar))] / R^2
         d_noise = -(d_ab + noise) / (kappa * sqrt_om_n + sqrt_om)
         gain_minus_one = (lam * sq_ab * d_sqrt_ab + sqrt_om * d_noise) / mg.variance
-        gain = 1 + gain_minus_one
+        # The gain itself, directly: it can be << 1 (final jump to abar' = 1 on a tiny eigenvalue).
+        gain = (lam * sq_ab * sq_ab_n + kappa * sqrt_om_n * sqrt_om) / mg.variance
         offset = sq_ab_n - gain * sq_ab
 
         # Rotation form of the variance defect (exact, no cancellation). sin/cos of theta and theta'.
@@ -81,6 +82,7 @@ class DDIM(AbstractSampler):
             noise_variance=jnp.broadcast_to(noise, jnp.shape(gain_minus_one)),
             variance_defect=variance_defect,
             mean_defect=jnp.zeros_like(gain_minus_one),
+            exact_gain=gain,
         )
 
 
