@@ -38,7 +38,7 @@ class AffineStep(NamedTuple):
 
     @property
     def gain(self) -> Modes:
-        """$A$ itself: `exact_gain` when the sampler gives it (accurate where $|A| \ll 1$), else `1 + gain_minus_one`."""
+        r"""$A$ itself: `exact_gain` when the sampler gives it (accurate where $|A| \ll 1$), else `1 + gain_minus_one`."""
         return 1 + self.gain_minus_one if self.exact_gain is None else self.exact_gain
 
 
