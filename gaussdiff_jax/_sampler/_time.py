@@ -121,7 +121,11 @@ class AbstractRungeKutta(AbstractSampler):
         Ks: list[Array] = []
         Ls: list[Array] = []
         for i, node in enumerate(self.nodes):
-            a_i, c_i = ode_field(schedule, t - node * h, lam)
+            # The last stage sits at t_next itself: in float32, t - h can differ from t_next by ulp(t), which
+            # is a large relative error when t_next << t (a final step to t_min = 1e-3 shifts beta(t_min)
+            # and R^2(t_min) by ~1e-5 relative, and stiff steps amplify that by ~1/|A|).
+            stage_time = t_next if node == 1 else t - node * h
+            a_i, c_i = ode_field(schedule, stage_time, lam)
             coeffs = self.matrix[i]
             stage_K = sum((coeffs[j] * Ks[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
             stage_L = sum((coeffs[j] * Ls[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
