@@ -105,10 +105,20 @@ class EDMHeun(AbstractSampler):
         g_minus_one = jnp.where(sig_n > 0, heun, euler)  # gain in xbar, minus one
         scale_minus_one = jnp.expm1(0.5 * schedule.log_alpha_bar_ratio(t, t_next))  # sqrt(abar'/abar) - 1
         gain_minus_one = scale_minus_one + (1 + scale_minus_one) * g_minus_one
-        offset = mg_next.sqrt_alpha_bar - (1 + gain_minus_one) * mg.sqrt_alpha_bar
+        # The gain itself, as a ratio of sums of positive terms: on a coarse step 1 + u1 = (lam + s s')/(lam + s^2)
+        # can be ~1e-4 and (1 + u1)(1 + u2) ~ -1, so 1 + (A - 1) would keep no relative precision in float32.
+        # Heun: g = ((1 + u1)(1 + u2) + 1)/2 = (2 lam^2 + 3 lam s'^2 + lam s^2 + 2 s s'^3) / (2 (lam + s^2)(lam + s'^2)).
+        lam_s2 = mg.variance / mg.alpha_bar  # lam + s^2
+        lam_s2_next_safe = jnp.where(lam_s2_next > 0, lam_s2_next, 1.0)
+        numerator = lam * (2 * lam + 3 * sig_n**2 + sig**2) + 2 * sig * sig_n**3
+        g_heun = numerator / (2 * lam_s2 * lam_s2_next_safe)
+        g_euler = (lam + sig * sig_n) / lam_s2
+        gain = (1 + scale_minus_one) * jnp.where(sig_n > 0, g_heun, g_euler)
+        offset = mg_next.sqrt_alpha_bar - gain * mg.sqrt_alpha_bar
         return AffineStep(
             gain_minus_one=gain_minus_one,
             offset=offset,
             noise_variance=jnp.zeros_like(gain_minus_one),
             mean_defect=jnp.zeros_like(gain_minus_one),
+            exact_gain=gain,
         )
