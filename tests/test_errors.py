@@ -1,4 +1,10 @@
-"""Bad input gets a clear error (ValueError outside jit, an equinox runtime error inside), never a NaN."""
+"""Bad input gets a clear error, never a silent NaN; batches of spectra work.
+
+Outside jit a bad value raises `ValueError` with a message naming the problem (and the fix); inside
+`jax.jit` / `eqx.filter_jit` the same message comes back as equinox's runtime error
+(`eqx.EquinoxRuntimeError`, raised when the result is computed). Shape problems are caught while
+tracing, so they are `ValueError` under jit too.
+"""
 
 import equinox as eqx
 import jax
@@ -10,17 +16,36 @@ import gaussdiff_jax as gdj
 
 LAM = np.array([0.1, 1.0, 3.0])
 TS = jnp.linspace(1.0, 1e-3, 11)
+JIT_ERROR = eqx.EquinoxRuntimeError
+
+
+def _law(lam, schedule, sampler, ts):
+    return gdj.sample_law(gdj.GaussianSource(lam), schedule, sampler, ts).variance
+
+
+_jit_law = eqx.filter_jit(_law)
 
 
 @pytest.mark.parametrize(
     "eigenvalues, match",
-    [(np.array([0.1, -1.0]), "negative or NaN"), (np.array([0.1, np.nan]), "negative or NaN"), (np.array([np.inf]), "finite")],
+    [
+        (np.array([0.1, -1.0]), "negative or NaN"),
+        (np.array([0.1, np.nan]), "negative or NaN"),
+        (np.array([1.0, np.inf]), "finite"),
+    ],
 )
 def test_bad_eigenvalues(eigenvalues, match):
     with pytest.raises(ValueError, match=match):
         gdj.GaussianSource(eigenvalues)
-    with pytest.raises(Exception, match=match):
+    with pytest.raises(JIT_ERROR, match=match):
         jax.block_until_ready(eqx.filter_jit(lambda lam: gdj.GaussianSource(lam).eigenvalues)(jnp.asarray(eigenvalues)))
+
+
+def test_bad_mean_and_weights():
+    with pytest.raises(ValueError, match="mean must be finite"):
+        gdj.GaussianSource(LAM, mean=np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="weights"):
+        gdj.GaussianSource(LAM, weights=np.array([1.0, -1.0, 1.0]))
 
 
 @pytest.mark.parametrize(
@@ -34,57 +59,67 @@ def test_bad_eigenvalues(eigenvalues, match):
     ],
 )
 def test_bad_grids(ts, match):
-    src = gdj.GaussianSource(LAM)
     with pytest.raises(ValueError, match=match):
-        gdj.sample_law(src, gdj.LinearBeta(), gdj.Heun(), ts)
-    jitted = eqx.filter_jit(lambda ts: gdj.sample_law(src, gdj.LinearBeta(), gdj.Heun(), ts).variance)
-    with pytest.raises(Exception, match=match):
-        jax.block_until_ready(jitted(ts))
+        _law(LAM, gdj.LinearBeta(), gdj.DDIM(), ts)
+    with pytest.raises(JIT_ERROR, match=match):
+        jax.block_until_ready(_jit_law(LAM, gdj.LinearBeta(), gdj.DDIM(), ts))
 
 
 def test_fewer_than_one_step():
-    src = gdj.GaussianSource(LAM)
-    with pytest.raises(ValueError, match="at least 2 points"):
-        gdj.sample_law(src, gdj.LinearBeta(), gdj.DDIM(), jnp.array([1.0]))
-    with pytest.raises(ValueError, match="1-D"):
-        gdj.sample_law(src, gdj.LinearBeta(), gdj.DDIM(), jnp.ones((2, 3)))
+    for law in (_law, _jit_law):  # a shape problem: caught while tracing, also under jit
+        with pytest.raises(ValueError, match="at least 2 points"):
+            law(LAM, gdj.LinearBeta(), gdj.DDIM(), jnp.array([1.0]))
+        with pytest.raises(ValueError, match="1-D"):
+            law(LAM, gdj.LinearBeta(), gdj.DDIM(), jnp.ones((2, 3)))
 
 
 def test_mismatched_batch_shapes():
     with pytest.raises(ValueError, match="does not broadcast"):
         gdj.GaussianSource(np.ones((3, 4)), mean=np.ones((2, 4)))
-    law = gdj.sample_law(gdj.GaussianSource(np.ones((2, 4))), gdj.LinearBeta(), gdj.DDIM(), TS)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        gdj.GaussianSource(np.ones((3, 4)), weights=np.ones((2, 4)))
+    law = gdj.continuous_limit(gdj.GaussianSource(np.ones((2, 4))), gdj.LinearBeta(), 1.0, 1e-3)
+    other = gdj.GaussianSource(np.ones((3, 4)))
     with pytest.raises(ValueError, match="same source"):
-        gdj.kl(gdj.GaussianSource(np.ones((3, 4))), law)
+        gdj.kl(other, law)
+    with pytest.raises(ValueError, match="same source"):
+        eqx.filter_jit(gdj.w2)(other, law)
 
 
 def test_kl_against_singular_target_names_the_fix():
     src = gdj.GaussianSource(np.array([0.0, 1.0]))
-    law = gdj.sample_law(src, gdj.LinearBeta(), gdj.DDIM(), TS)
-    with pytest.raises(ValueError, match="target='truncated'"):
+    law = gdj.continuous_limit(src, gdj.LinearBeta(), 1.0, 1e-3, kind="ode")
+    with pytest.raises(ValueError, match="singular target.*target='truncated'"):
         gdj.kl(src, law, target="data")
+    with pytest.raises(JIT_ERROR, match="singular target"):
+        jax.block_until_ready(eqx.filter_jit(lambda s, l: gdj.kl(s, l, target="data"))(src, law))
+    # What is finite stays available: KL to p_{t_min} (t_min > 0) and W2 to the data.
     assert np.isfinite(gdj.kl(src, law, target="truncated"))
     assert np.isfinite(gdj.w2(src, law, target="data"))
-    with pytest.raises(Exception, match="singular target"):
-        jax.block_until_ready(eqx.filter_jit(lambda s, l: gdj.kl(s, l, target="data"))(src, law))
 
 
 def test_heun_at_t_zero_with_zero_eigenvalue_raises_instead_of_nan():
-    src = gdj.GaussianSource(np.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="t_min > 0"):
-        gdj.sample_law(src, gdj.LinearBeta(), gdj.Heun(), jnp.linspace(1.0, 0.0, 11))
+    """Heun's last stage divides by R^2(0) = lambda = 0: an explanatory error, not a NaN."""
+    lam, ts = np.array([0.0, 1.0]), jnp.linspace(1.0, 0.0, 11)
+    with pytest.raises(ValueError, match="Heun.*t_min > 0"):
+        _law(lam, gdj.LinearBeta(), gdj.Heun(), ts)
+    with pytest.raises(JIT_ERROR, match="t_min > 0"):
+        jax.block_until_ready(_jit_law(lam, gdj.LinearBeta(), gdj.Heun(), ts))
     # Euler only evaluates the score at the start of each step: fine down to t = 0.
-    law = gdj.sample_law(src, gdj.LinearBeta(), gdj.Euler(), jnp.linspace(1.0, 0.0, 11))
-    assert np.all(np.isfinite(law.variance))
+    assert np.all(np.isfinite(_law(lam, gdj.LinearBeta(), gdj.Euler(), ts)))
 
 
-def test_time_sampler_on_schedule_with_infinite_beta_raises():
-    src = gdj.GaussianSource(LAM)
-    with pytest.raises(ValueError, match="finite beta"):
-        gdj.sample_law(src, gdj.Tangent(1.0), gdj.Euler(), jnp.linspace(1.0, 1e-3, 11))
-    # DDIM only needs abar at the grid points.
-    law = gdj.sample_law(src, gdj.Tangent(1.0), gdj.DDIM(), jnp.linspace(1.0, 1e-3, 11))
-    assert np.all(np.isfinite(law.variance))
+@pytest.mark.parametrize("sampler", [gdj.Euler(), gdj.EDMHeun()], ids=["Euler", "EDMHeun"])
+def test_sampler_needing_finite_beta_or_sigma_at_t0_equal_1_raises(sampler):
+    """Tangent has abar(1) = 0: beta(1) = sigma(1) = inf. Samplers in t or in sigma raise; DDIM is fine."""
+    with pytest.raises(ValueError, match="finite"):
+        _law(LAM, gdj.Tangent(1.0), sampler, TS)
+    with pytest.raises(JIT_ERROR, match="finite"):
+        jax.block_until_ready(_jit_law(LAM, gdj.Tangent(1.0), sampler, TS))
+
+
+def test_ddim_from_abar_zero_is_fine():
+    assert np.all(np.isfinite(_law(LAM, gdj.Tangent(1.0), gdj.DDIM(), TS)))
 
 
 def test_bad_options():
@@ -102,16 +137,33 @@ def test_bad_options():
         gdj.DDPM(beta="linear")
     with pytest.raises(ValueError, match="beta_max"):
         gdj.LinearBeta(1.0, 0.5)
-    # Checked per step inside the scan, so it surfaces as equinox's runtime error carrying the message.
-    with pytest.raises(Exception, match="linearized"):
-        gdj.sample_law(src, gdj.LinearBeta(), gdj.DDPM(beta="linearized"), jnp.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="kind"):
+        gdj.continuous_limit(src, gdj.LinearBeta(), kind="flow")
+
+
+def test_ddpm_linearized_step_too_large_raises():
+    """h beta(t) = 1 * 20 >= 1: sqrt(1 - beta_k) is undefined. The check runs per step inside the scan, so
+    under jit it is equinox's runtime error; outside jit (an eager scan) JAX wraps the same message in its
+    own runtime error."""
+    args = (LAM, gdj.LinearBeta(), gdj.DDPM(beta="linearized"), jnp.array([1.0, 0.0]))
+    with pytest.raises(JIT_ERROR, match=r"linearized.*h\*beta"):
+        jax.block_until_ready(_jit_law(*args))
+    with pytest.raises((JIT_ERROR, jax.errors.JaxRuntimeError), match=r"linearized.*h\*beta"):
+        jax.block_until_ready(_law(*args))
+
+
+@eqx.filter_jit
+def _kl_heun(source):
+    return gdj.kl(source, gdj.sample_law(source, gdj.LinearBeta(), gdj.Heun(), TS), target="truncated")
 
 
 def test_batched_spectra_match_the_loop_and_vmap():
-    lams = np.array([[0.1, 1.0, 3.0], [0.5, 2.0, 8.0]])
-    run = lambda lam: gdj.kl(gdj.GaussianSource(lam), gdj.sample_law(gdj.GaussianSource(lam), gdj.LinearBeta(), gdj.Heun(), TS))
-    batched = gdj.kl(gdj.GaussianSource(lams), gdj.sample_law(gdj.GaussianSource(lams), gdj.LinearBeta(), gdj.Heun(), TS))
-    vmapped = jax.vmap(run)(jnp.asarray(lams))
-    looped = np.array([run(lam) for lam in lams])
+    """A (B, d) source works directly, and sample_law under jax.vmap over spectra equals the loop."""
+    lams = np.array([[0.1, 1.0, 3.0], [0.5, 2.0, 8.0], [1e-4, 1e-2, 40.0]])
+    means = np.array([[0.0, 1.0, -1.0], [2.0, 0.0, 0.5], [1.0, 1.0, 1.0]])
+    batched = _kl_heun(gdj.GaussianSource(lams, mean=means))
+    vmapped = jax.vmap(lambda lam, m: _kl_heun(gdj.GaussianSource(lam, mean=m)))(jnp.asarray(lams), jnp.asarray(means))
+    looped = np.array([float(_kl_heun(gdj.GaussianSource(lam, mean=m))) for lam, m in zip(lams, means)])
+    assert batched.shape == (3,) and np.all(looped > 0)
     np.testing.assert_allclose(batched, looped, rtol=1e-13)
     np.testing.assert_allclose(vmapped, looped, rtol=1e-13)

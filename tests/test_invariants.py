@@ -35,15 +35,33 @@ SAMPLERS = {
 DETERMINISTIC = ("Euler", "Heun", "RK4", "DDIM-0", "EDMHeun")
 EXACT_AT_ONE = ("Euler", "Heun", "RK4", "DDPM-discrete-beta", "DDPM-linearized-beta")
 INITS = ("standard", "exact")
-# What the random batch computes (compilations dominate the runtime, so only what the tests below use).
-BATCH_RUNS = {name: INITS for name in DETERMINISTIC + ("EM", "DDPM-discrete-beta")} | {
-    name: ("exact",) for name in ("EI", "DDPM-discrete-posterior", "DDPM-linearized-beta", "DDIM-0.5", "DDIM-1")
+# Convergence orders and continuous limits (below) are measured on the same compiled run.
+ORDER = {
+    "EM": 1, "EI": 1, "DDPM-discrete-beta": 1, "DDPM-linearized-beta": 1, "Euler": 1, "DDIM-0": 1,
+    "Heun": 2, "EDMHeun": 2, "RK4": 4,
 }
+LIMIT_KIND = {"EM": "sde", "EI": "sde", "DDPM-discrete-beta": "sde", "DDPM-linearized-beta": "sde",
+              "Euler": "ode", "Heun": "ode", "RK4": "ode"}
+# What the run computes (compilations dominate the runtime, so only what the tests below use).
+_STANDARD = set(DETERMINISTIC) | {"EM", "DDPM-discrete-beta"} | set(LIMIT_KIND)
+_EXACT = set(DETERMINISTIC) | {"EM", "DDPM-discrete-beta", "EI", "DDPM-discrete-posterior", "DDIM-0.5", "DDIM-1"} | set(ORDER)
+RUNS = {name: tuple(i for i, names in (("standard", _STANDARD), ("exact", _EXACT)) if name in names) for name in SAMPLERS}
+RUNS = {name: inits for name, inits in RUNS.items() if inits}
 
 # ----------------------------------------------------------------------------------------------
-# A batch of random problems: spectra, means, linear-beta schedules and non-uniform grids.
+# One vmapped run over rows: 32 random problems (spectra, means, linear-beta schedules, non-uniform
+# grids) and the convergence-order problems (N = 40..320 uniform steps). Every grid is padded to the
+# same length with steps of PAD = 1e-10 after its last point, so one compilation serves all rows;
+# the padding changes a law by O(PAD) relative (far below every error measured here), every exact
+# identity tested below holds on any grid, padded or not, and targets are taken at the last time.
 
 BATCH, DIM, STEPS = 32, 6, 30
+ORDER_NS = (40, 80, 160, 320)
+LENGTH, PAD = max(ORDER_NS) + 1, 1e-10
+
+
+def _pad(ts):
+    return np.concatenate([ts, ts[-1] - PAD * np.arange(1, LENGTH - len(ts) + 1)])
 
 
 def _random_batch(seed=0):
@@ -60,13 +78,19 @@ def _random_batch(seed=0):
     return lam, mean, beta_min, beta_max, ts
 
 
+# Order problems: smooth regime (t from 0.6 to 0.05, lambdas O(1)), measured on columns ORDER_COLS.
+ORDER_LAM = np.array([1.0, 0.3, 3.0, 0.05, 1.0, 10.0])
+ORDER_COLS = [1, 2]
+T_MAX, T_MIN = 0.6, 0.05
+
+
 @eqx.filter_jit
-def _batch_laws(lam, mean, beta_min, beta_max, ts):
+def _all_runs(lam, mean, beta_min, beta_max, ts):
     def one(lam, mean, beta_min, beta_max, ts):
         source, schedule = gdj.GaussianSource(lam, mean=mean), gdj.LinearBeta(beta_min, beta_max)
         laws = {
             name: {i: gdj.sample_law(source, schedule, SAMPLERS[name], ts, init=i) for i in inits}
-            for name, inits in BATCH_RUNS.items()
+            for name, inits in RUNS.items()
         }
         divergences = {
             name: {
@@ -80,18 +104,45 @@ def _batch_laws(lam, mean, beta_min, beta_max, ts):
             }
             for name, by_init in laws.items()
         }
-        return laws, divergences, schedule.alpha_bar(ts)
+        limits = {
+            "p_t_min": gdj.continuous_limit(source, schedule, ts[0], ts[-1], init="exact"),
+            "sde": gdj.continuous_limit(source, schedule, ts[0], ts[-1], kind="sde", init="standard"),
+            "ode": gdj.continuous_limit(source, schedule, ts[0], ts[-1], kind="ode", init="standard"),
+        }
+        return laws, divergences, schedule.alpha_bar(ts), limits
 
     return jax.vmap(one)(lam, mean, beta_min, beta_max, ts)
 
 
 @pytest.fixture(scope="module")
-def batch():
+def all_runs():
     lam, mean, beta_min, beta_max, ts = _random_batch()
-    laws, divs, alpha_bars = _batch_laws(*(jnp.asarray(x) for x in (lam, mean, beta_min, beta_max, ts)))
-    alpha_bars = np.asarray(alpha_bars)
-    return dict(lam=lam, mean=mean, beta_min=beta_min, beta_max=beta_max, ts=ts, laws=laws, divs=divs,
-                alpha_bars=alpha_bars, ab0=alpha_bars[:, 0], ab_min=alpha_bars[:, -1])
+    k = len(ORDER_NS)
+    order_ts = [_pad(np.linspace(T_MAX, T_MIN, N + 1)) for N in ORDER_NS]
+    rows = (
+        np.concatenate([lam, np.tile(ORDER_LAM, (k, 1))]),
+        np.concatenate([mean, np.ones((k, DIM))]),
+        np.concatenate([beta_min, np.full(k, 0.1)]),
+        np.concatenate([beta_max, np.full(k, 20.0)]),
+        np.stack([_pad(row) for row in ts] + order_ts),
+    )
+    out = jax.tree_util.tree_map(np.asarray, _all_runs(*(jnp.asarray(x) for x in rows)))
+    return dict(lam=lam, mean=mean, beta_min=beta_min, beta_max=beta_max, ts=ts, out=out)
+
+
+@pytest.fixture(scope="module")
+def batch(all_runs):
+    laws, divs, alpha_bars, _ = jax.tree_util.tree_map(lambda x: x[:BATCH], all_runs["out"])
+    return {key: all_runs[key] for key in ("lam", "mean", "beta_min", "beta_max", "ts")} | dict(
+        laws=laws, divs=divs, alpha_bars=alpha_bars, ab0=alpha_bars[:, 0], ab_min=alpha_bars[:, -1]
+    )
+
+
+@pytest.fixture(scope="module")
+def order_runs(all_runs):
+    """(laws by sampler and init, limits), rows = ORDER_NS, columns = ORDER_COLS."""
+    laws, _, _, limits = jax.tree_util.tree_map(lambda x: x[BATCH:, ORDER_COLS] if x.ndim == 2 else x[BATCH:], all_runs["out"])
+    return laws, limits
 
 
 def test_random_grids_are_non_uniform_and_valid(batch):
@@ -186,9 +237,9 @@ def test_ddim_eta_one_is_ddpm_posterior(batch):
     np.testing.assert_allclose(a.mean_multiplier, b.mean_multiplier, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(BATCH_RUNS))
+@pytest.mark.parametrize("name", sorted(RUNS))
 def test_divergences_nonnegative(batch, name):
-    for init in BATCH_RUNS[name]:
+    for init in RUNS[name]:
         for key, value in batch["divs"][name][init].items():
             value = np.asarray(value)
             assert np.all(np.isfinite(value)), (init, key)
@@ -235,50 +286,8 @@ def test_divergences_match_dense_gaussian_formulas(batch, name):
 
 
 # ----------------------------------------------------------------------------------------------
-# Convergence orders and continuous limits (smooth regime: t_min = 0.05, lambdas O(1)).
-
-ORDER = {
-    "EM": 1, "EI": 1, "DDPM-discrete-beta": 1, "DDPM-linearized-beta": 1, "Euler": 1, "DDIM-0": 1,
-    "Heun": 2, "EDMHeun": 2, "RK4": 4,
-}
-LIMIT_KIND = {"EM": "sde", "EI": "sde", "DDPM-discrete-beta": "sde", "DDPM-linearized-beta": "sde",
-              "Euler": "ode", "Heun": "ode", "RK4": "ode"}
-ORDER_NS = (40, 80, 160, 320)
-ORDER_LAM = jnp.array([0.3, 3.0])
-T_MAX, T_MIN, PAD = 0.6, 0.05, 1e-10
-
-
-def _padded_grid(N):
-    """N uniform steps from T_MAX to T_MIN, then max(ORDER_NS) - N steps of length PAD = 1e-10.
-
-    Every grid then has the same length, so one compilation serves every N (vmap over grids). The padding
-    steps change the law by O(PAD) relative, far below every error measured here, and the targets are
-    taken at the grid's actual last time.
-    """
-    pad = T_MIN - PAD * np.arange(1, max(ORDER_NS) - N + 1)
-    return np.concatenate([np.linspace(T_MAX, T_MIN, N + 1), pad])
-
-
-@eqx.filter_jit
-def _order_runs(grids):
-    source, schedule = gdj.GaussianSource(ORDER_LAM, mean=jnp.ones(2)), gdj.LinearBeta()
-
-    def one(ts):
-        exact = {name: gdj.sample_law(source, schedule, SAMPLERS[name], ts, init="exact") for name in ORDER}
-        standard = {name: gdj.sample_law(source, schedule, SAMPLERS[name], ts, init="standard") for name in LIMIT_KIND}
-        limits = {
-            "p_t_min": gdj.continuous_limit(source, schedule, ts[0], ts[-1], init="exact"),
-            "sde": gdj.continuous_limit(source, schedule, ts[0], ts[-1], kind="sde", init="standard"),
-            "ode": gdj.continuous_limit(source, schedule, ts[0], ts[-1], kind="ode", init="standard"),
-        }
-        return exact, standard, limits
-
-    return jax.vmap(one)(grids)
-
-
-@pytest.fixture(scope="module")
-def order_runs():
-    return _order_runs(jnp.asarray(np.stack([_padded_grid(N) for N in ORDER_NS])))
+# Convergence orders and continuous limits (smooth regime: t from 0.6 to 0.05, lambdas O(1)), on the
+# order rows of the shared run.
 
 
 def _slopes(errors):
@@ -289,8 +298,8 @@ def _slopes(errors):
 @pytest.mark.parametrize("name", sorted(ORDER))
 def test_convergence_order(order_runs, name):
     """Init exact, target truncated: the per-mode variance error decays like N^-order (slope within 0.15)."""
-    exact, _, limits = order_runs
-    law, target = exact[name], limits["p_t_min"]
+    laws, limits = order_runs
+    law, target = laws[name]["exact"], limits["p_t_min"]
     np.testing.assert_allclose(target.log_variance_ratio, 0.0, atol=1e-15)  # p_t_min itself
     np.testing.assert_allclose(_slopes(law.variance - target.variance), -ORDER[name], atol=0.15)
     # The stored log-ratio is the same error in relative form, computed without cancellation.
@@ -301,9 +310,9 @@ def test_convergence_order(order_runs, name):
 def test_continuous_limit_reached(order_runs, name):
     """From N(0, I): EM/EI/DDPM tend to the reverse-SDE limit, Euler/Heun/RK4 to the PF-ODE limit, at their
     order's rate (variance and mean multiplier), and end closer to their own limit than to the other."""
-    _, standard, limits = order_runs
+    laws, limits = order_runs
     kind = LIMIT_KIND[name]
-    law, limit, other = standard[name], limits[kind], limits["ode" if kind == "sde" else "sde"]
+    law, limit, other = laws[name]["standard"], limits[kind], limits["ode" if kind == "sde" else "sde"]
     var_err = np.asarray(law.variance - limit.variance)
     np.testing.assert_allclose(_slopes(var_err), -ORDER[name], atol=0.15)
     mean_err = np.asarray(law.mean_multiplier - limit.mean_multiplier)

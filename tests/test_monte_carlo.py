@@ -46,8 +46,8 @@ def _linear_beta_grid():
     """Linear beta from t0 = 1 down to t_min = 0 (so EDMHeun takes its sigma' = 0 Euler step): a sine-warped
     grid with random jitter (steps small near t = 1, where beta is large: DDPM-linearized needs h beta < 1)."""
     rng = np.random.default_rng(7)
-    n = 24
-    u = (np.arange(n + 1) + 0.4 * (rng.random(n + 1) - 0.5)) / n
+    n = 20
+    u = (np.arange(n + 1) + 0.3 * (rng.random(n + 1) - 0.5)) / n
     u[0], u[-1] = 0.0, 1.0
     return np.sin(0.5 * np.pi * (1 - u))
 
