@@ -65,6 +65,14 @@ from ._optimal import (
     tangent_gamma as tangent_gamma,
 )
 # --- real spectra, compression, sweeps, sharding (issue 4) ---
+from ._compress import (
+    Compression as Compression,
+    compress as compress,
+    compress_power_law as compress_power_law,
+    deduplicate as deduplicate,
+)
+from ._sharding import DeviceSharding as DeviceSharding
+from ._sweep import Sweep as Sweep, sweep as sweep
 # --- model schedules, grids and export (issue 5) ---
 from . import _grid as grids
 from ._export import (

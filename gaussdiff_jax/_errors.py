@@ -37,7 +37,13 @@ def check(x: Array, bad: Bool[ArrayLike, "..."], message: str) -> Array:
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
         return x
-    return eqx.error_if(x, jnp.any(bad), message)
+    # Route the check through a scalar and tie it to `x` by adding that (zero) scalar: passing the whole
+    # of `x` through `error_if` would make a sharded `x` gather onto one device (the error branch is a
+    # host callback), while a scalar costs nothing.
+    zero = eqx.error_if(jnp.zeros((), dtype=jnp.int8), jnp.any(bad), message)
+    if x.dtype == jnp.bool_:
+        return x | zero.astype(bool)
+    return x + zero.astype(x.dtype)
 
 
 def check_finite(x: Array, message: str) -> Array:

@@ -21,7 +21,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._errors import check
 from ._sampler import AbstractSampler, marginal
@@ -55,8 +55,11 @@ class GaussianLaw(eqx.Module):
     one_minus_alpha_bar_min: Float[Array, ""]
 
 
-def validate_grid(ts: Float[ArrayLike, " n"]) -> Float[Array, " n"]:
+def validate_grid(ts: Float[ArrayLike, " n"], num_steps: Int[ArrayLike, ""] | None = None) -> Float[Array, " n"]:
     """Check a time grid: 1-D, at least 2 points (1 step), strictly decreasing, inside [0, 1].
+
+    With `num_steps` (an integer, possibly traced) only the first `num_steps + 1` points form the grid;
+    the rest is padding and is not checked (see `sample_law`).
 
     **Returns:** `ts` as an array. **Raises:** `ValueError` (or an equinox runtime error inside jit).
     """
@@ -73,19 +76,55 @@ def validate_grid(ts: Float[ArrayLike, " n"]) -> Float[Array, " n"]:
             f"time grid needs at least 2 points (1 step); got {ts.shape[0]}. "
             "Example: jnp.linspace(1.0, 1e-3, num_steps + 1)."
         )
-    ts = check(ts, ~jnp.isfinite(ts), "time grid has a NaN or infinite entry.")
+    active = jnp.ones(ts.shape, dtype=bool)
+    if num_steps is not None:
+        active = jnp.arange(ts.shape[0], dtype=jnp.int32) <= jnp.asarray(num_steps).astype(jnp.int32)
+    ts = check(ts, active & ~jnp.isfinite(ts), "time grid has a NaN or infinite entry.")
     ts = check(
         ts,
-        ~(jnp.diff(ts) < 0),
+        active[1:] & ~(jnp.diff(ts) < 0),
         "time grid must be strictly decreasing (sampling runs from t_0 near 1 down to t_min); "
         "found a step with t_{k+1} >= t_k. Reverse an increasing grid with ts[::-1].",
     )
     ts = check(
         ts,
-        (ts < 0) | (ts > 1),
+        active & ((ts < 0) | (ts > 1)),
         "time grid must lie in [0, 1] (forward time: 0 = data, 1 = noise).",
     )
     return ts
+
+
+def _check_num_steps(num_steps, grid_steps: int):
+    """`num_steps` as an int32 scalar in [1, grid_steps] (ValueError outside jit, runtime error inside)."""
+    n = jnp.asarray(num_steps)
+    if n.ndim != 0 or not jnp.issubdtype(n.dtype, jnp.integer):
+        raise ValueError(f"num_steps must be an integer scalar (vmap over a batch of them); got {num_steps!r}.")
+    n = n.astype(jnp.int32)
+    return check(
+        n,
+        (n < 1) | (n > grid_steps),
+        f"num_steps must lie in [1, {grid_steps}] (the padded grid has {grid_steps} steps).",
+    )
+
+
+def _step_times(ts: Array, num_steps: Array | None, segment: int | None):
+    """Per-step time pairs and an activity mask, padded to whole segments.
+
+    Inactive steps (beyond `num_steps`, or filling the last segment) get the first step's times, which
+    are valid, so that their discarded results and gradients stay finite. Returns `(t, t_next, active)`
+    with `active` None when every step is active.
+    """
+    t, t_next = ts[:-1], ts[1:]
+    grid_steps = t.shape[0]
+    total = grid_steps if segment is None else -(-grid_steps // segment) * segment
+    if num_steps is None and total == grid_steps:
+        return t, t_next, None
+    pad = total - grid_steps
+    t = jnp.concatenate([t, jnp.broadcast_to(ts[0], (pad,))])
+    t_next = jnp.concatenate([t_next, jnp.broadcast_to(ts[1], (pad,))])
+    active = jnp.arange(total, dtype=jnp.int32) < (grid_steps if num_steps is None else num_steps)
+    t, t_next = jnp.where(active, t, ts[0]), jnp.where(active, t_next, ts[1])
+    return t, t_next, active
 
 
 def _initial_state(schedule: AbstractSchedule, t0, lam, init: Init):
@@ -109,6 +148,8 @@ def sample_law(
     ts: Float[ArrayLike, " n"],
     *,
     init: Init = "standard",
+    num_steps: Int[ArrayLike, ""] | None = None,
+    checkpoint: int | None = None,
 ) -> GaussianLaw:
     r"""The exact law of `sampler`'s output on `source`, run with the exact score along the grid `ts`.
 
@@ -120,13 +161,25 @@ def sample_law(
     - `ts`: forward times $t_0 > t_1 > \dots > t_N = t_{\min}$ in $[0, 1]$, shape `(N + 1,)`: $N$ steps.
     - `init`: `"standard"` ($x_{t_0} \sim \mathcal N(0, I)$, as in practice) or `"exact"`
       ($x_{t_0} \sim p_{t_0}$, isolating the discretization error).
+    - `num_steps`: run only the first `num_steps` steps of `ts` (an integer in $[1, N]$, may be traced):
+      the grid is `ts[:num_steps + 1]` and the remaining entries are padding, never used. One compiled
+      function then serves every step count up to $N$ (vmap over padded grids and their step counts;
+      `gaussdiff_jax.sweep` does this). Padded steps cost as much as real ones.
+    - `checkpoint`: segment length $K$ for gradient checkpointing. Reverse-mode differentiation of the
+      plain scan stores $O(Nd)$ residuals; with `checkpoint=K` the steps run in segments of $K$ whose
+      insides are recomputed on the backward pass, storing $O((N/K + K)d)$ ($K \approx \sqrt N$ is
+      best). Values are identical; the forward pass is unaffected.
 
     **Returns:** a `GaussianLaw` with fields of shape `(*batch, d)`.
 
-    Runs one `lax.scan` over steps (memory $O(d)$ forward), jit-able, vmap-able and differentiable
-    with respect to the schedule's parameters and the grid.
+    Runs one `lax.scan` over steps (memory $O(d)$ forward, independent of $N$), jit-able, vmap-able and
+    differentiable with respect to the schedule's parameters and the grid.
     """
-    ts = validate_grid(ts)
+    ts = validate_grid(ts, num_steps)
+    if num_steps is not None:
+        num_steps = _check_num_steps(num_steps, ts.shape[0] - 1)
+    if checkpoint is not None and (int(checkpoint) != checkpoint or checkpoint < 1):
+        raise ValueError(f"checkpoint (segment length) must be a positive integer or None; got {checkpoint!r}.")
     lam = source.eigenvalues
     dtype = jnp.result_type(lam.dtype, ts.dtype)
     lam, ts = lam.astype(dtype), ts.astype(dtype)
@@ -157,8 +210,29 @@ def sample_law(
         v_next = gain**2 * v + Q
         return (eps_next, delta_next, v_next), None
 
-    (eps, delta, v_direct), _ = jax.lax.scan(one_step, (eps0, delta0, v0), (ts[:-1], ts[1:]))
-    final = marginal(schedule, ts[-1], lam)
+    t, t_next, active = _step_times(ts, num_steps, checkpoint)
+    if active is None:
+        steps = one_step
+    else:
+
+        def steps(state, inputs):
+            *times, on = inputs
+            new, _ = one_step(state, times)
+            return jax.tree.map(lambda a, b: jnp.where(on, a, b), new, state), None
+
+    inputs = (t, t_next) if active is None else (t, t_next, active)
+    if checkpoint is None:
+        (eps, delta, v_direct), _ = jax.lax.scan(steps, (eps0, delta0, v0), inputs)
+    else:
+
+        @jax.checkpoint
+        def segment(state, seg_inputs):
+            return jax.lax.scan(steps, state, seg_inputs)
+
+        seg_inputs = jax.tree.map(lambda x: x.reshape(-1, checkpoint), inputs)
+        (eps, delta, v_direct), _ = jax.lax.scan(segment, (eps0, delta0, v0), seg_inputs)
+    t_final = ts[-1] if num_steps is None else ts[num_steps]
+    final = marginal(schedule, t_final, lam)
     ok = final.variance > 0
     # The relative deviation is the accurate representation while it is small; once the output is far
     # from p_t (|delta| >= 1/2, e.g. a stiff last step collapsing the variance) the plain recursion,
