@@ -20,8 +20,8 @@ from ._base import AbstractSampler, AffineStep, Modes, marginal
 def ode_field(schedule: AbstractSchedule, s, lam: Modes) -> tuple[Modes, Modes]:
     r"""The probability-flow ODE's affine field $(a^o(s), c^o(s))$ per mode, in reverse time."""
     mg = marginal(schedule, s, lam)
-    b = 0.5 * schedule.beta(s)
-    return b * (lam - 1) * mg.alpha_bar / mg.variance, b * mg.sqrt_alpha_bar / mg.variance
+    b_over_R2 = 0.5 * schedule.beta(s) / mg.variance  # one division per mode (the costly operation)
+    return b_over_R2 * (lam - 1) * mg.alpha_bar, b_over_R2 * mg.sqrt_alpha_bar
 
 
 class EulerMaruyama(AbstractSampler):
@@ -31,9 +31,10 @@ class EulerMaruyama(AbstractSampler):
         h = t - t_next
         mg = marginal(schedule, t, lam)
         hb = 0.5 * h * schedule.beta(t)
+        inv_R2 = 1 / mg.variance
         return AffineStep(
-            gain_minus_one=hb * (1 - 2 / mg.variance),
-            offset=2 * hb * mg.sqrt_alpha_bar / mg.variance,
+            gain_minus_one=hb * (1 - 2 * inv_R2),
+            offset=2 * hb * mg.sqrt_alpha_bar * inv_R2,
             noise_variance=jnp.broadcast_to(2 * hb, jnp.shape(lam)),
         )
 
@@ -49,9 +50,10 @@ class ExponentialIntegrator(AbstractSampler):
         mg = marginal(schedule, t, lam)
         two_delta = schedule.log_alpha_bar_ratio(t, t_next)
         g1 = jnp.expm1(0.5 * two_delta)
+        inv_R2 = 1 / mg.variance
         return AffineStep(
-            gain_minus_one=g1 * (1 - 2 / mg.variance),
-            offset=2 * g1 * mg.sqrt_alpha_bar / mg.variance,
+            gain_minus_one=g1 * (1 - 2 * inv_R2),
+            offset=2 * g1 * mg.sqrt_alpha_bar * inv_R2,
             noise_variance=jnp.broadcast_to(jnp.expm1(two_delta), jnp.shape(lam)),
         )
 
@@ -77,6 +79,7 @@ class DDPM(AbstractSampler):
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
+        inv_R2 = 1 / mg.variance
         if self.beta == "discrete":
             d_abar = schedule.alpha_bar_increment(t, t_next)
             beta_k = d_abar / mg_next.alpha_bar
@@ -84,8 +87,8 @@ class DDPM(AbstractSampler):
             sqrt_keep = jnp.sqrt(keep)
             d_sqrt_abar = d_abar / (mg_next.sqrt_alpha_bar + mg.sqrt_alpha_bar)
             # A = (sqrt(abar abar') (lam - 1) + sqrt(keep)) / R^2, written as 1 + small part.
-            gain_minus_one = ((lam - 1) * mg.sqrt_alpha_bar * d_sqrt_abar - beta_k / (1 + sqrt_keep)) / mg.variance
-            offset = beta_k * mg_next.sqrt_alpha_bar / mg.variance
+            gain_minus_one = ((lam - 1) * mg.sqrt_alpha_bar * d_sqrt_abar - beta_k / (1 + sqrt_keep)) * inv_R2
+            offset = beta_k * mg_next.sqrt_alpha_bar * inv_R2
         else:
             beta_k = (t - t_next) * schedule.beta(t)
             beta_k = check(
@@ -95,8 +98,8 @@ class DDPM(AbstractSampler):
                 "Use more steps (a finer grid where beta is large) or DDPM(beta='discrete').",
             )
             sqrt_keep = jnp.sqrt(1 - beta_k)
-            gain_minus_one = (beta_k / (1 + sqrt_keep) - beta_k / mg.variance) / sqrt_keep
-            offset = beta_k * mg.sqrt_alpha_bar / (mg.variance * sqrt_keep)
+            gain_minus_one = (beta_k / (1 + sqrt_keep) - beta_k * inv_R2) / sqrt_keep
+            offset = beta_k * mg.sqrt_alpha_bar / sqrt_keep * inv_R2
         if self.variance == "beta":
             noise = beta_k
         else:
