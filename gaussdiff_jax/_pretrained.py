@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -308,9 +307,7 @@ def optimize_grid(
         grid, extract = _learnable_from(start.times, floor, source.eigenvalues.dtype)
         opt = optax.adam(optax.cosine_decay_schedule(0.05, max(int(steps), 1))) if optimizer is None else optimizer
         inner = _loss(metric, source, schedule, sampler, init, target, direction)
-        # optax's bias corrections mix Python floats with int32 step counts, which strict dtype promotion rejects.
-        with jax.numpy_dtype_promotion("standard"):
-            result = optimize(lambda g: inner(extract(g)), grid, optimizer=opt, steps=steps, progress=progress)
+        result = optimize(lambda g: inner(extract(g)), grid, optimizer=opt, steps=steps, progress=progress)
         losses = result.losses
         start_loss = start.kl if metric == "kl" else start.w2**2
         if losses.shape[0] and losses[-1] < start_loss:

@@ -99,7 +99,7 @@ def gather(x: jax.Array) -> jax.Array:
     return x
 
 
-def sharded_evaluate(inputs, sharding, *, init, target, metrics, checkpoint=None) -> dict:
+def sharded_evaluate(inputs, sharding, *, init, target, metrics) -> dict:
     """`_sweep.evaluate` on inputs placed over a device mesh; returns full results on every process."""
     from ._sweep import evaluate  # the sweep module imports this one lazily
 
@@ -118,5 +118,5 @@ def sharded_evaluate(inputs, sharding, *, init, target, metrics, checkpoint=None
     rest = eqx.tree_at(lambda i: i.sources, inputs, None)
     rest = jax.tree.map(lambda x: _place(x, replicated) if eqx.is_array(x) else x, rest)
     placed = eqx.tree_at(lambda i: i.sources, rest, source, is_leaf=lambda x: x is None)
-    results = evaluate(placed, init=init, target=target, metrics=metrics, checkpoint=checkpoint)
+    results = evaluate(placed, init=init, target=target, metrics=metrics)
     return {m: gather(v)[:num_spectra] for m, v in results.items()}

@@ -123,7 +123,9 @@ def stack_sources(sources: GaussianSource | Sequence[GaussianSource]) -> Gaussia
     need_mean = any(s.mean is not None for s in sources)
     lam, mean, weights = [], [], []
     for s in sources:
-        flat = lambda x: jnp.reshape(x, (-1, s.dim)).astype(dtype)
+        def flat(x, dim=s.dim):
+            return jnp.reshape(x, (-1, dim)).astype(dtype)
+
         pad = d - s.dim
         lam.append(jnp.pad(flat(s.eigenvalues), ((0, 0), (0, pad)), constant_values=1.0))
         mean.append(jnp.pad(flat(s.mean_or_zero), ((0, 0), (0, pad))))
@@ -231,11 +233,11 @@ def _divergences(source, law, target, metrics) -> dict[str, Array]:
 
 
 @eqx.filter_jit
-def evaluate(inputs: SweepInputs, *, init: Init, target: str, metrics: tuple[str, ...], checkpoint=None):
+def evaluate(inputs: SweepInputs, *, init: Init, target: str, metrics: tuple[str, ...]):
     """The compiled sweep: a dict metric -> array `(S, M, C, P)`. Jit-compiled once per input shapes."""
 
     def cell(source, schedule, ts, n, sampler):
-        law = sample_law(source, schedule, sampler, ts, init=init, num_steps=n, checkpoint=checkpoint)
+        law = sample_law(source, schedule, sampler, ts, init=init, num_steps=n)
         return _divergences(source, law, target, metrics)
 
     def per_sampler(sampler):
@@ -281,7 +283,6 @@ def sweep(
     init: Init = "standard",
     target: Literal["data", "truncated"] = "data",
     metrics: Sequence[Metric] = ("kl", "w2"),
-    checkpoint: int | None = None,
     sharding=None,
 ) -> Sweep:
     r"""Divergences of every (spectrum, sampler, step count, schedule) combination, in one jitted call.
@@ -298,13 +299,13 @@ def sweep(
       (schedule, step count).
     - `init`, `target`: as in `sample_law` and `kl`.
     - `metrics`: any of `"kl"` (KL(target ‖ sample)), `"kl_reverse"` (KL(sample ‖ target)), `"w2"`.
-    - `checkpoint`: segment length for gradient checkpointing (see `sample_law`); for differentiating
-      through `evaluate(prepare(...))`.
     - `sharding`: `None` (default devices), `"spectra"` or `"modes"` (split that axis over all devices of
       all processes), or a `gaussdiff_jax.DeviceSharding`. Results are the same up to summation order
       (`"modes"` sums partial totals per device).
 
     **Returns:** a `Sweep` with arrays of shape `(num_spectra, num_samplers, num_step_counts, num_schedules)`.
+    A sweep evaluates (grids are built on the host); to differentiate, vmap `sample_law` directly
+    (with `checkpoint=` for long grids).
 
     Calling again with the same shapes (same number of spectra, modes, samplers, counts, schedules and
     the same largest count) reuses the compiled function.
@@ -314,11 +315,11 @@ def sweep(
     counts = tuple(int(n) for n in np.asarray(inputs.num_steps))
     names = tuple(type(s).__name__ for s in inputs.samplers)
     if sharding is None:
-        results = evaluate(inputs, init=init, target=target, metrics=metrics, checkpoint=checkpoint)
+        results = evaluate(inputs, init=init, target=target, metrics=metrics)
     else:
         from ._sharding import sharded_evaluate
 
-        results = sharded_evaluate(inputs, sharding, init=init, target=target, metrics=metrics, checkpoint=checkpoint)
+        results = sharded_evaluate(inputs, sharding, init=init, target=target, metrics=metrics)
     return Sweep(
         kl=results.get("kl"),
         kl_reverse=results.get("kl_reverse"),

@@ -18,7 +18,7 @@ import gaussdiff_jax as gdj
 
 WORKER = Path(__file__).with_name("_sharding_worker.py")
 sys.path.insert(0, str(WORKER.parent))
-from _sharding_worker import case  # noqa: E402
+from _sharding_worker import case
 
 METRICS = ("kl", "kl_reverse", "w2")
 TIMEOUT_S = 240

@@ -103,7 +103,7 @@ def test_padded_steps_are_exact_identities_with_zero_gradient():
     padded = jnp.concatenate([ts, jnp.full(9, T_MIN)])
     for smp in (gdj.Heun(), gdj.DDPM()):
 
-        def loss(grid, n=None):
+        def loss(grid, n=None, smp=smp):
             return gdj.w2_squared(src, gdj.sample_law(src, sch, smp, grid, num_steps=n))
 
         value_and_grad = jax.jit(jax.value_and_grad(loss))
