@@ -14,10 +14,18 @@ and the mean-energy measure $\sum_i w_im_i^2\delta_{\lambda_i}$.
   rational functions of $R^2(t_k) = 1 + \bar\alpha_k(\lambda - 1)$ at the grid times), so a few hundred
   nodes reproduce a spectrum of any size. Exact zeros and sparse bins ($\le q$ distinct eigenvalues)
   are kept exactly.
+- **Limitation: stiff explicit ODE steps.** When a step of an explicit ODE solver (Euler, Heun, RK4) is
+  unstable for part of the spectrum, its gain $A(\lambda)$ crosses 0 at some $\lambda^*$ inside it; the
+  output variance then vanishes like $(\lambda - \lambda^*)^2$ and KL(target ‖ sample) has a pole there.
+  No quadrature in $\lambda$ resolves a pole, and the estimate below cannot see one that falls between
+  nodes: measured on CIFAR-10 with Heun at $N = 10$ or 100 (t_min = 1e-3), the compressed KL is off by
+  90-99% with an estimate of a few %. SDE samplers, DDIM, and ODE solvers on grids fine enough to be
+  stable (e.g. $N = 1000$) have smooth terms and are compressed to round-off. Evaluate stiff cases uncompressed.
 - **Error estimate** from two coarser resolutions: the same bins with $q - 1$ and $q - 2$ nodes. Per
   bin, $d_1 = |Q_q - Q_{q-1}|$ estimates the $(q-1)$-node error and $d_1/d_2$ the factor gained per
   added node, so the returned $q$-node total's error is estimated as $d_1\min(1, 10\,d_1/d_2)$ (a
-  safety factor of 10 on a geometric extrapolation), summed over bins in absolute value.
+  safety factor of 10 on a geometric extrapolation) where the rules converge ($d_1 \le d_2/2$), and as
+  $10\max(d_1, d_2)$ where they do not yet; summed over bins in absolute value.
 
 The Gauss rules come from modified moments against Legendre polynomials on each bin's range
 (the modified Chebyshev algorithm, Gautschi 2004, section 2.1.7) followed by Golub–Welsch; one pass
@@ -80,9 +88,10 @@ class Compression(eqx.Module):
 
         **Returns:** `(value, error)`, the $q$-node total and its estimated absolute error. Per bin, with
         $d_1 = |Q_q - Q_{q-1}|$ and $d_2 = |Q_{q-1} - Q_{q-2}|$, the Gauss error is taken to shrink
-        geometrically with the number of nodes: bin error $\approx d_1\min(1,\ \text{safety}\cdot d_1/d_2)$.
+        geometrically with the number of nodes: bin error $\approx d_1\min(1,\ \text{safety}\cdot d_1/d_2)$
+        if $d_1 \le d_2/2$, else $\text{safety}\cdot\max(d_1, d_2)$ (not converging yet).
         The estimate sums the bins' estimates in absolute value and adds a round-off floor of
-        $10\,\epsilon\sum|\text{terms}|$. Jit-able; costs three evaluations of `per_mode` on small sources.
+        $100\,\epsilon\sum|\text{terms}|$ (the terms themselves carry the round-off of $N$ steps). Jit-able; costs three evaluations of `per_mode` on small sources.
         """
         levels = [
             (per_mode(self.source), self.source_segments),
@@ -93,8 +102,12 @@ class Compression(eqx.Module):
         sums = [jax.ops.segment_sum(jnp.moveaxis(x, -1, 0), ids, self.num_segments) for x, ids in levels]
         d1, d2 = jnp.abs(sums[0] - sums[1]), jnp.abs(sums[1] - sums[2])
         ratio = jnp.where(d2 > 0, d1 / jnp.where(d2 > 0, d2, 1.0), 1.0)
-        per_bin = d1 * jnp.minimum(1.0, self.safety * ratio)
-        floor = 10 * jnp.finfo(fine.dtype).eps * jnp.sum(jnp.abs(fine), axis=-1)
+        # Converging (d1 <= d2 / 2): geometric extrapolation with a safety factor. Otherwise the rules are
+        # not yet in their asymptotic regime and nothing predicts the error: charge safety * max(d1, d2).
+        per_bin = jnp.where(
+            ratio <= 0.5, d1 * jnp.minimum(1.0, self.safety * ratio), self.safety * jnp.maximum(d1, d2)
+        )
+        floor = 100 * jnp.finfo(fine.dtype).eps * jnp.sum(jnp.abs(fine), axis=-1)
         return jnp.sum(fine, axis=-1), jnp.sum(per_bin, axis=0) + floor
 
     @property
