@@ -123,6 +123,7 @@ def stack_sources(sources: GaussianSource | Sequence[GaussianSource]) -> Gaussia
     need_mean = any(s.mean is not None for s in sources)
     lam, mean, weights = [], [], []
     for s in sources:
+
         def flat(x, dim=s.dim):
             return jnp.reshape(x, (-1, dim)).astype(dtype)
 

@@ -22,11 +22,13 @@ def _terms(sampler, ts, target="data"):
     @eqx.filter_jit
     def per_mode(source):
         law = gdj.sample_law(source, SCHEDULE, sampler, ts)
-        return jnp.stack([
-            gdj.w2_squared(source, law, target="data", reduce=False),
-            gdj.kl(source, law, target=target, reduce=False),
-            gdj.kl(source, law, target=target, direction="sample_to_target", reduce=False),
-        ])
+        return jnp.stack(
+            [
+                gdj.w2_squared(source, law, target="data", reduce=False),
+                gdj.kl(source, law, target=target, reduce=False),
+                gdj.kl(source, law, target=target, direction="sample_to_target", reduce=False),
+            ]
+        )
 
     return per_mode
 
@@ -126,7 +128,8 @@ def test_float32_compressed_matches_float64():
         ts = _grid(100)
         exact = float(jnp.sum(_terms(sampler, ts)(full)[0]))
         src32 = gdj.cast(compressed.source, jnp.float32)
-        got = gdj.w2_squared(src32, gdj.sample_law(src32, gdj.cast(SCHEDULE, jnp.float32), sampler,
-                                                   ts.astype(jnp.float32)))
+        got = gdj.w2_squared(
+            src32, gdj.sample_law(src32, gdj.cast(SCHEDULE, jnp.float32), sampler, ts.astype(jnp.float32))
+        )
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(float(got), exact, rtol=1e-4)

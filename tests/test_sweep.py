@@ -59,9 +59,15 @@ def test_sweep_matches_sample_law_cell_by_cell():
     rows = res.rows()
     assert len(rows) == 3 * 4 * 2 * 2
     # row order: spectrum, sampler, step count, schedule (last fastest)
-    assert rows[7] == {"spectrum": 0, "sampler": "DDPM", "num_steps": 21, "schedule": 1,
-                       "kl": float(res.kl[0, 1, 1, 1]), "kl_reverse": float(res.kl_reverse[0, 1, 1, 1]),
-                       "w2": float(res.w2[0, 1, 1, 1])}
+    assert rows[7] == {
+        "spectrum": 0,
+        "sampler": "DDPM",
+        "num_steps": 21,
+        "schedule": 1,
+        "kl": float(res.kl[0, 1, 1, 1]),
+        "kl_reverse": float(res.kl_reverse[0, 1, 1, 1]),
+        "w2": float(res.w2[0, 1, 1, 1]),
+    }
 
 
 def test_named_grid_and_defaults():
@@ -147,9 +153,11 @@ def test_memory_forward_independent_of_steps_and_checkpointing_shrinks_gradient(
     assert large < 40 * d * 8  # a few per-mode vectors, not N of them
 
     def gradient(ts, checkpoint=None):
-        return jax.grad(lambda b: gdj.w2_squared(
-            src, gdj.sample_law(src, gdj.LinearBeta(beta_max=b), gdj.Heun(), ts, checkpoint=checkpoint)
-        ))(jnp.asarray(20.0))
+        return jax.grad(
+            lambda b: gdj.w2_squared(
+                src, gdj.sample_law(src, gdj.LinearBeta(beta_max=b), gdj.Heun(), ts, checkpoint=checkpoint)
+            )
+        )(jnp.asarray(20.0))
 
     ts = _grid(None, 1024)
     plain = _temp_bytes(gradient, ts)
