@@ -77,7 +77,7 @@ def _pad_spectra(source: GaussianSource, multiple: int) -> GaussianSource:
 def _pad_modes(source: GaussianSource, multiple: int) -> GaussianSource:
     """Pad the modes axis with weight-0 modes (eigenvalue 1, mean 0): they add exactly 0."""
     pad = -source.dim % multiple
-    width = ((0, 0), (0, pad))
+    width = ((0, 0),) * (source.eigenvalues.ndim - 1) + ((0, pad),)
     weights = jnp.ones_like(source.eigenvalues) if source.weights is None else source.weights
     return GaussianSource(
         jnp.pad(source.eigenvalues, width, constant_values=1.0),
