@@ -1455,8 +1455,8 @@ def _common(parser: argparse.ArgumentParser, *, sampler: bool = True, spectrum: 
             "--spectrum",
             default="cifar10",
             metavar="NAME|FILE",
-            help="covariance spectrum: a bundled name (cifar10, cifar10_preprint2024, adsn_fabric) or a "
-            ".npy / .txt file of eigenvalues (default: %(default)s)",
+            help="covariance spectrum: a bundled name (cifar10, cifar10_preprint2024, adsn_fabric, adsn_china, "
+            "digits) or a .npy / .txt file of eigenvalues (default: %(default)s)",
         )
     g.add_argument(
         "--floor",
