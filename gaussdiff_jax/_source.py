@@ -130,6 +130,8 @@ class GaussianSource(eqx.Module):
                 f"from_covariance: covariance must have shape (*batch, d, d) with d >= 1; got {cov.shape}."
             )
         d = cov.shape[-1]
+        if rtol is not None and not (math.isfinite(rtol) and rtol >= 0):
+            raise ValueError(f"from_covariance: rtol must be finite and >= 0; got {rtol}.")
         tol = 100 * d * float(jnp.finfo(cov.dtype).eps) if rtol is None else float(rtol)
         cov = check(cov, ~jnp.isfinite(cov), "from_covariance: covariance has a NaN or infinite entry.")
         scale = jnp.max(jnp.abs(cov), axis=(-2, -1), keepdims=True)
@@ -151,10 +153,14 @@ class GaussianSource(eqx.Module):
         lam = jnp.maximum(lam, 0.0)  # round-off negatives of a singular covariance
         m = None
         if mean is not None:
-            mu = jnp.asarray(mean, dtype=lam.dtype)
-            if mu.shape[-1:] != (d,):
-                raise ValueError(f"from_covariance: mean must have shape (*batch, {d}); got {mu.shape}.")
-            m = jnp.einsum("...ij,...i->...j", vecs, mu)
+            mu = jnp.asarray(mean).astype(lam.dtype)
+            if mu.ndim < 1 or mu.shape[-1] != d or not _broadcasts_to(mu.shape[:-1], lam.shape[:-1]):
+                raise ValueError(
+                    f"from_covariance: mean must have shape (*batch, {d}) with a batch shape that broadcasts "
+                    f"to the covariance's {lam.shape[:-1]}; got {mu.shape}. Stack the covariances to match."
+                )
+            mu = check(mu, ~jnp.isfinite(mu), "from_covariance: mean has a NaN or infinite entry.")
+            m = jnp.einsum("...ij,...i->...j", vecs, mu)  # m = U^T mu
             m = jnp.broadcast_to(m, lam.shape)
         return cls(lam, m)
 
@@ -189,8 +195,10 @@ class GaussianSource(eqx.Module):
         if x.ndim < 2 or x.shape[-1] == 0:
             raise ValueError(f"from_samples: samples must have shape (*batch, n, d) with d >= 1; got {x.shape}.")
         n, d = x.shape[-2], x.shape[-1]
-        if n - ddof < 1:
-            raise ValueError(f"from_samples: need n - ddof >= 1 samples; got n = {n}, ddof = {ddof}.")
+        if int(ddof) != ddof or ddof < 0 or n - ddof < 1:
+            raise ValueError(
+                f"from_samples: need an integer ddof >= 0 and n - ddof >= 1 samples; got n = {n}, ddof = {ddof}."
+            )
         x = check(x, ~jnp.isfinite(x), "from_samples: samples contain a NaN or infinite entry.")
         mu = jnp.mean(x, axis=-2) if center else jnp.zeros(x.shape[:-2] + (d,), dtype=x.dtype)
         xc = x - mu[..., None, :]
@@ -202,8 +210,10 @@ class GaussianSource(eqx.Module):
         coords = jnp.einsum("...kd,...d->...k", vt, mu)
         if k < d:
             # Null space: eigenvalue 0, dimension d - k. Put the mean's remaining norm on its first mode.
-            rest = jnp.sum(mu * mu, axis=-1) - jnp.sum(coords * coords, axis=-1)
-            rest = jnp.sqrt(jnp.maximum(rest, 0.0))
+            # The norm of the residual mu - V V^T mu, not sqrt(|mu|^2 - |V^T mu|^2): no cancellation when
+            # the mean lies almost entirely in the row space.
+            residual = mu - jnp.einsum("...kd,...k->...d", vt, coords)
+            rest = jnp.sqrt(jnp.sum(residual * residual, axis=-1))
             pad = jnp.zeros(x.shape[:-2] + (d - k,), dtype=lam.dtype)
             lam = jnp.concatenate([lam, pad], axis=-1)
             coords = jnp.concatenate([coords, pad.at[..., 0].set(rest)], axis=-1)
@@ -228,8 +238,15 @@ class GaussianSource(eqx.Module):
 
         **Returns:** a `GaussianSource` of dimension $MNC$: the $MN$ per-frequency eigenvalues (in
         `numpy.fft.fft2` order, row-major, frequency 0 first and set to exactly 0) followed by
-        $MN(C - 1)$ zeros, the layout of the bundled `spectra.load("adsn_fabric")`.
+        $MN(C - 1)$ zeros, the layout of the bundled `spectra.load("adsn_china")` (and of
+        `"adsn_fabric"`). The FFT runs in float64 numpy on a concrete image (not under `jax.jit`); the
+        result has the image's dtype if that is float32 or float64, else the default float dtype
+        (integer images, e.g. `uint8`).
         """
+        if not is_concrete(image):
+            raise ValueError("from_image: the image must be a concrete array (call it outside jax.jit / vmap).")
+        in_dtype = np.asarray(image).dtype
+        dtype = in_dtype if in_dtype in (np.float32, np.float64) else jnp.result_type(float)
         u = np.asarray(image, dtype=np.float64)
         if u.ndim == 2:
             u = u[:, :, None]
@@ -243,7 +260,6 @@ class GaussianSource(eqx.Module):
         spectrum = np.sum(np.abs(np.fft.fft2(texton, axes=(0, 1))) ** 2, axis=-1).reshape(-1)
         spectrum[0] = 0.0  # the texton has zero mean: exactly 0 at frequency 0
         lam = np.concatenate([spectrum, np.zeros(M * N * (C - 1))])
-        dtype = jnp.result_type(float)
         m = None
         if mean:
             m = np.zeros_like(lam)
@@ -258,11 +274,13 @@ class GaussianSource(eqx.Module):
         *,
         exponent: float = 1.0,
         scale: float = 1.0,
+        dtype=None,
     ) -> GaussianSource:
         r"""The synthetic spectrum $\lambda_j = \text{scale}\cdot j^{-\text{exponent}}$, $j = 1, \dots, d$ (zero mean).
 
-        Natural images have roughly power-law covariance spectra. The array has `dim` entries; for
-        $d$ too large to store use `gaussdiff_jax.compress_power_law`, which never forms it.
+        Natural images have roughly power-law covariance spectra. The array has `dim` entries, computed
+        in float64 and stored as `dtype` (default: the default float dtype); for $d$ too large to store
+        use `gaussdiff_jax.compress_power_law`, which never forms it.
         """
         dim = int(dim)
         if dim < 1:
@@ -272,7 +290,17 @@ class GaussianSource(eqx.Module):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"power_law: scale must be finite and > 0; got {scale}.")
         j = np.arange(1, dim + 1, dtype=np.float64)
-        return cls(jnp.asarray(scale * j ** (-float(exponent)), dtype=jnp.result_type(float)))
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"power_law: dtype must be a floating dtype; got {dtype}.")
+        return cls(jnp.asarray(scale * j ** (-float(exponent)), dtype=dtype))
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
 
 
 def _broadcast_like(x: ArrayLike, like: Array, name: str) -> Array:
