@@ -184,10 +184,11 @@ class GaussianSource(eqx.Module):
 
         **Returns:** a `GaussianSource` of dimension `d`, eigenvalues in decreasing order. Uses a thin
         SVD of $X_c$ ($O(nd\min(n, d))$, never the $d \times d$ covariance). When $n \le d$ the
-        covariance has rank at most $n - 1$: the remaining eigenvalues are exactly 0 (singular values
-        below round-off are set to 0 too). The mean's component in that null space is put on one
-        null mode; any orthonormal basis of a degenerate eigenspace is an eigenbasis, and every
-        divergence depends only on each eigenspace's mean energy.
+        covariance has rank at most $n - 1$ ($n$ with `center=False`): the remaining eigenvalues are
+        exactly 0 whatever the size of the mean (singular values below round-off are set to 0 too).
+        The mean's component in that null space is put on one null mode; any orthonormal basis of a
+        degenerate eigenspace is an eigenbasis, and every divergence depends only on each eigenspace's
+        mean energy.
         """
         x = jnp.asarray(samples)
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -206,6 +207,10 @@ class GaussianSource(eqx.Module):
         k = s.shape[-1]
         eps = float(jnp.finfo(x.dtype).eps)
         s = jnp.where(s <= max(n, d) * eps * s[..., :1], 0.0, s)
+        if center and k == n:
+            # Centred rows sum to 0, so the rank is at most n - 1: the last singular value is centring
+            # round-off, which scales with |mean|, not with the spread, and can survive the threshold.
+            s = s.at[..., n - 1].set(0.0)
         lam = s**2 / (n - ddof)
         coords = jnp.einsum("...kd,...d->...k", vt, mu)
         if k < d:

@@ -198,6 +198,13 @@ def test_from_samples_batch_options_and_errors():
     assert raw.mean is None
     biased = gdj.GaussianSource.from_samples(Y, ddof=0)
     np.testing.assert_allclose(np.sort(biased.eigenvalues), np.linalg.eigvalsh(np.cov(Y.T, ddof=0)), rtol=1e-12)
+    # A mean far larger than the spread (pixels in [0, 255]): the centring round-off scales with the mean
+    # and must not leave a tiny positive eigenvalue where the rank n - 1 forces an exact 0.
+    near = np.asarray(gdj.GaussianSource.from_samples(X[0]).eigenvalues)
+    for far in (X[0] + 1e4, (X[0] + 1e2).astype(np.float32)):
+        far_lam = np.asarray(gdj.GaussianSource.from_samples(far).eigenvalues)
+        assert np.sum(far_lam == 0) == 15 - 5
+        np.testing.assert_allclose(far_lam[:5], near[:5], rtol=1e-4 if far.dtype == np.float32 else 1e-8)
     # n < d without centring: rank n, not n - 1
     assert np.sum(np.asarray(gdj.GaussianSource.from_samples(X[0], center=False).eigenvalues) == 0) == 15 - 6
 
