@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 D, N = 1_000_000, 1000
@@ -66,6 +67,14 @@ def _case(sampler_name: str, mode: str, checkpoint, run: bool) -> dict:
     return out
 
 
+def _cpu() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+
+
+def _mem_gib() -> float:
+    return next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal")) / 2**20
+
+
 def main():
     if len(sys.argv) > 1:  # child: one case, JSON on stdout
         name, mode, ck = sys.argv[1], sys.argv[2], None if sys.argv[3] == "none" else int(sys.argv[3])
@@ -74,11 +83,14 @@ def main():
     lines = [
         "# Peak memory (CPU), d = 10^6 modes, N = 1000 steps, float64, W2² loss",
         "",
+        f"Machine: {_cpu()}, {os.cpu_count()} cores, {_mem_gib():.0f} GiB; jax {version('jax')}, jaxlib {version('jaxlib')}.",
+        "",
         f"Each case in a fresh process; load average at start {' '.join(open('/proc/loadavg').read().split()[:3])}.",
         f"Per-mode vector: d x 8 bytes = {D * 8 / 2**20:.1f} MiB. Cases whose plan exceeds {RUN_LIMIT_GIB:.0f} GiB are not run.",
         "",
-        "| sampler | pass | checkpoint | XLA plan (MiB) | of which temporaries (MiB) | measured peak RSS increase (MiB) | run (s) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| sampler | pass | checkpoint | XLA plan (MiB) | of which temporaries (MiB) | plan in per-mode vectors | "
+        "measured peak RSS increase (MiB) | run (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     for name, mode, ck in CASES:
@@ -96,10 +108,17 @@ def main():
         secs = f"{r['seconds']:.1f}" if "seconds" in r else "–"
         row = (
             f"| {name} | {mode} | {ck or 'none'} | {r['plan_bytes'] / 2**20:.0f} | "
-            f"{r['temp_bytes'] / 2**20:.0f} | {peak} | {secs} |"
+            f"{r['temp_bytes'] / 2**20:.0f} | {r['plan_bytes'] / (8 * D):.0f} | {peak} | {secs} |"
         )
         print(row, flush=True)
         lines.append(row)
+    lines += [
+        "",
+        f"Load average at end {' '.join(open('/proc/loadavg').read().split()[:3])}. Plan = XLA's buffer assignment "
+        "(arguments + outputs + temporaries) from `compile().memory_analysis()`; measured = `ru_maxrss` after "
+        "compiling and running minus `ru_maxrss` after imports and data creation (so it includes the compiler's "
+        "own memory).",
+    ]
     out = Path(__file__).parent / "results" / "memory_cpu.md"
     out.write_text("\n".join(lines) + "\n")
 

@@ -127,6 +127,22 @@ def _step_times(ts: Array, num_steps: Array | None, segment: int | None):
     return t, t_next, active
 
 
+_MODE_MULTIPLE = 8  # float64 vector width of AVX-512; XLA:CPU splits ragged lengths badly (3x slower)
+
+
+def _pad_modes(lam: Array) -> Array:
+    """Pad the mode axis of a large spectrum to a multiple of 8 with eigenvalue-1 modes (sliced off later).
+
+    Measured on a 2-core CPU: 65 511 modes took 340 ms per 1000 steps, 65 512 modes 104 ms. Small
+    spectra are left alone (nothing to gain, and their shapes stay what the caller passed).
+    """
+    pad = -lam.shape[-1] % _MODE_MULTIPLE
+    if pad == 0 or lam.shape[-1] < 1024:
+        return lam
+    width = [(0, 0)] * (lam.ndim - 1) + [(0, pad)]
+    return jnp.pad(lam, width, constant_values=1.0)
+
+
 def _initial_state(schedule: AbstractSchedule, t0, lam, init: Init):
     mg = marginal(schedule, t0, lam)
     if init == "exact":
@@ -183,7 +199,10 @@ def sample_law(
     lam = source.eigenvalues
     dtype = jnp.result_type(lam.dtype, ts.dtype)
     lam, ts = lam.astype(dtype), ts.astype(dtype)
-    eps0, delta0, v0 = _initial_state(schedule, ts[0], lam, init)
+    num_modes = lam.shape[-1]
+    lam_run = _pad_modes(lam)
+    eps0, delta0, v0 = _initial_state(schedule, ts[0], lam_run, init)
+    lam, lam_full = lam_run, lam  # the scan runs on the padded modes; sliced back below
 
     def one_step(state, times):
         eps, delta, v = state
@@ -232,6 +251,8 @@ def sample_law(
 
         seg_inputs = jax.tree.map(lambda x: x.reshape(-1, checkpoint), inputs)
         (eps, delta, v_direct), _ = jax.lax.scan(segment, (eps0, delta0, v0), seg_inputs)
+    eps, delta, v_direct = (x[..., :num_modes] for x in (eps, delta, v_direct))
+    lam = lam_full
     t_final = ts[-1] if num_steps is None else ts[num_steps]
     final = marginal(schedule, t_final, lam)
     ok = final.variance > 0
