@@ -38,16 +38,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import gaussdiff_jax as gdj
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_throughput import numpy_w2
+from bench_throughput import SAMPLERS, numpy_w2, timed
 
-SAMPLERS = {
-    "EM": gdj.EulerMaruyama(),
-    "EI": gdj.ExponentialIntegrator(),
-    "DDPM": gdj.DDPM(beta="linearized"),
-    "Euler": gdj.Euler(),
-    "Heun": gdj.Heun(),
-    "RK4": gdj.RK4(),
-}
 SCHEDULE = gdj.LinearBeta()
 NUMPY_REPEATS = 3
 LINES: list[str] = []
@@ -56,20 +48,6 @@ LINES: list[str] = []
 def say(line: str = ""):
     print(line, flush=True)
     LINES.append(line)
-
-
-def timed(fn, *args, repeats=5):
-    """(result, compile seconds, median run seconds)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        runs.append(time.perf_counter() - t0)
-    run = statistics.median(runs)
-    return out, max(first - run, 0.0), run
 
 
 def split_over_devices(source: gdj.GaussianSource) -> gdj.GaussianSource:

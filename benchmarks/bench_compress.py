@@ -32,14 +32,7 @@ import numpy as np
 
 import gaussdiff_jax as gdj
 
-SAMPLERS = {
-    "EM": gdj.EulerMaruyama(),
-    "EI": gdj.ExponentialIntegrator(),
-    "DDPM": gdj.DDPM(beta="linearized"),
-    "Euler": gdj.Euler(),
-    "Heun": gdj.Heun(),
-    "RK4": gdj.RK4(),
-}
+from bench_throughput import SAMPLERS  # noqa: E402  (same six samplers as the numpy baseline)
 SCHEDULE = gdj.LinearBeta()
 TS = jnp.linspace(1.0, 1e-3, 1000)  # 1000 points, 999 steps
 LINES: list[str] = []
