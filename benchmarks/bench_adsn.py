@@ -8,7 +8,8 @@
 (b) Closed form against Monte Carlo estimation of the same W2 (digits spectrum, d = 64).
 (c) Compile time apart from run time (first call minus the median steady call).
 FLOP/s: XLA's count for one loop body (its cost analysis counts a while-loop body once) times the number
-of steps, over the run time, against peaks measured here (float64 matmul; an elementwise FMA loop).
+of steps, over the run time, against peaks measured here (float64 matmul; elementwise multiply-add kernels);
+the engine pinned to one core in a child process shows how many cores XLA:CPU already uses.
 
 Run from the repository root: `PYTHONPATH=. python benchmarks/bench_adsn.py` (about 5 minutes on 2 cores).
 Writes `benchmarks/results/adsn_cpu.md`.
@@ -20,8 +21,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +55,7 @@ def say(line: str = ""):
 
 def split_over_devices(source: gdj.GaussianSource) -> gdj.GaussianSource:
     """Place a source's modes over all devices (padding with weight-0 modes), as `sweep(sharding="modes")`."""
-    from gaussdiff_jax._sharding import _pad_modes
+    from gaussdiff_jax._scale._sharding import _pad_modes
 
     mesh = Mesh(np.array(jax.devices()), ("devices",))
     padded = _pad_modes(source, len(jax.devices()))
@@ -119,7 +122,7 @@ def measured_peaks() -> dict[str, float]:
         "numpy matmul": numpy_mm,
         "jax matmul": jax_mm,
         "jax elementwise chains": chains_rate,
-        "jax FMA loop": 2000 * 8 * 2 * y.size / run / 1e9,
+        "jax FMA loop (small block, runs on 1 core)": 2000 * 8 * 2 * y.size / run / 1e9,
     }
 
 
@@ -246,16 +249,19 @@ def part_a(peaks):
             f"{compile1:.2f} |"
         )
         xla_fpms, ops = flops_per_mode_step(sampler, 4096, ts)
-        flop_rows.append((name, xla_fpms, ops, run1 / (lam.size * steps), run3 / (dedup.dim * steps)))
+        per = lam.size * steps
+        flop_rows.append((name, xla_fpms, ops, run1 / per, run3 / (dedup.dim * steps), t_np / per))
     say()
 
     # The whole workload as one sweep call (6 samplers, split over both devices).
     samplers = list(SAMPLERS.values())
     grid = lambda schedule, n: ts_np
-    for label, source in (("all modes", full), ("exact dedup", dedup), ("compressed", compressed.source)):
+    cases = [(label, source, sharding) for label, source in (("all modes", full), ("exact dedup", dedup),
+             ("compressed", compressed.source)) for sharding in (None, "modes")]
+    for label, source, sharding in cases:
 
-        def run(source=source):
-            return gdj.sweep(source, samplers, [steps], SCHEDULE, grid=grid, metrics=("w2",), sharding="modes").w2
+        def run(source=source, sharding=sharding):
+            return gdj.sweep(source, samplers, [steps], SCHEDULE, grid=grid, metrics=("w2",), sharding=sharding).w2
 
         t0 = time.perf_counter()
         out = jax.block_until_ready(run())
@@ -267,14 +273,21 @@ def part_a(peaks):
             runs.append(time.perf_counter() - t0)
         flat = np.ravel(np.asarray(out))
         err = max(abs(flat[i] / refs[n][1] - 1) for i, n in enumerate(SAMPLERS))
-        totals[label] = (statistics.median(runs), first - statistics.median(runs), err)
-    say("Whole workload (six samplers) as ONE `gdj.sweep(..., metrics=(\"w2\",), sharding=\"modes\")` call on 2 host devices:")
+        totals[label, sharding] = (statistics.median(runs), first - statistics.median(runs), err)
+    say(
+        "Whole workload (six samplers) as ONE `gdj.sweep(source, samplers, [999], LinearBeta(), "
+        "metrics=(\"w2\",), sharding=...)` call (grid built on the host inside each call; median of 3 calls, "
+        "11 for compressed):"
+    )
     say()
-    say("| spectrum | numpy loop, 6 samplers (s) | one sweep call (s) | speed-up | compile (s) | max rel. diff vs numpy |")
-    say("|---|---:|---:|---:|---:|---:|")
-    for label in ("all modes", "exact dedup", "compressed"):
-        run, comp, err = totals[label]
-        say(f"| {label} | {totals['numpy']:.2f} | {run:.3f} | {totals['numpy'] / run:.0f}x | {comp:.1f} | {err:.1e} |")
+    say("| spectrum | sharding | numpy loop, 6 samplers (s) | one sweep call (s) | speed-up | compile (s) | max rel. diff vs numpy |")
+    say("|---|---|---:|---:|---:|---:|---:|")
+    for label, _, sharding in cases:
+        run, comp, err = totals[label, sharding]
+        say(
+            f"| {label} | {sharding or 'None (1 device)'} | {totals['numpy']:.2f} | {run:.3f} | "
+            f"{totals['numpy'] / run:.0f}x | {comp:.1f} | {err:.1e} |"
+        )
     say()
     say("### FLOP/s (1 device)")
     say()
@@ -285,24 +298,57 @@ def part_a(peaks):
         "that body (each add/mul/div/select = 1; XLA's count is higher where it charges broadcast scalar "
         "work per element). Achieved = count x modes x 999 steps / run time. The matmul peak is the "
         "machine's float64 arithmetic peak as libraries reach it; the vector peak is the best elementwise "
-        f"rate measured above ({max(peaks['jax elementwise chains'], peaks['jax FMA loop']):.1f} GFLOP/s)."
+        f"rate measured above ({max(v for k, v in peaks.items() if 'matmul' not in k):.1f} GFLOP/s)."
     )
     say()
     mm_peak = max(peaks["numpy matmul"], peaks["jax matmul"])
-    vec_peak = max(peaks["jax elementwise chains"], peaks["jax FMA loop"])
+    vec_peak = max(v for k, v in peaks.items() if "matmul" not in k)
     say(
         "| sampler | XLA flops / mode-step | per-mode ops / mode-step | ns / mode-step (all modes) | "
         "GFLOP/s (XLA count) | GFLOP/s (op count) | of matmul peak | of vector peak | "
-        "ns / mode-step (dedup) |"
+        "ns / mode-step (dedup) | numpy ns / mode-step | GFLOP/s needed for 20x (op count) | of vector peak |"
     )
-    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, xla_fpms, ops, sec, sec_dedup in flop_rows:
-        g_xla, g_ops = xla_fpms / sec / 1e9, ops / sec / 1e9
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, xla_fpms, ops, sec, sec_dedup, sec_np in flop_rows:
+        g_xla, g_ops, g_20 = xla_fpms / sec / 1e9, ops / sec / 1e9, ops / (sec_np / 20) / 1e9
         say(
             f"| {name} | {xla_fpms:.0f} | {ops} | {sec * 1e9:.2f} | {g_xla:.1f} | {g_ops:.1f} | "
-            f"{g_xla / mm_peak:.0%} | {g_xla / vec_peak:.0%} | {sec_dedup * 1e9:.2f} |"
+            f"{g_xla / mm_peak:.0%} | {g_xla / vec_peak:.0%} | {sec_dedup * 1e9:.2f} | {sec_np * 1e9:.2f} | "
+            f"{g_20:.0f} | {g_20 / vec_peak:.0%} |"
         )
     say()
+    one = one_core_check()
+    em_1dev = flop_rows[0][3] * lam.size * steps
+    say(
+        f"Cores: the numpy loop runs on one core (numpy's elementwise operations are single-threaded). The "
+        f"engine on ONE device already uses both: XLA:CPU splits each large elementwise kernel over its own "
+        f"thread pool. Measured in a child process pinned to one core (`sched_setaffinity`): EM on all modes "
+        f"{one['em_ms']:.0f} ms (against {em_1dev * 1e3:.0f} ms on both cores), float64 peaks "
+        + ", ".join(f"{k} {v:.1f}" for k, v in one["peaks"].items())
+        + " GFLOP/s. This is why splitting the modes over 2 host devices adds little: the two cores are "
+        "busy either way."
+    )
+    say()
+
+
+def _one_core_child() -> dict:
+    """In the pinned child: EM on all modes (1 device) and the peaks."""
+    lam = gdj.spectra.load("adsn_fabric")
+    _, _, run = timed(w2_function(SAMPLERS["EM"]), gdj.GaussianSource(lam), jnp.linspace(1.0, 1e-3, 1000), repeats=3)
+    return {"em_ms": run * 1e3, "peaks": measured_peaks()}
+
+
+def one_core_check() -> dict:
+    """`_one_core_child` in a fresh process restricted to CPU 0 before jax starts its thread pool."""
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_adsn as b; " \
+        "print(json.dumps(b._one_core_child()))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def gaussian_fit_w2(samples: np.ndarray, lam: np.ndarray) -> float:
@@ -365,8 +411,8 @@ def part_b():
         say(
             f"- relative accuracy {target:.0e}: Monte Carlo needs ~{n_need:.1e} particles, ~{t_need:.2g} s "
             f"(bias as 1/n, spread as 1/sqrt(n), from n = {n_big:,}; a perfectly debiased estimator would "
-            f"still need ~{max(n_spread, 1.0):.1e} for the spread); the closed form takes {run_cf * 1e3:.2f} ms: "
-            f"{t_need / run_cf:.1e}x."
+            f"still need ~{n_spread:.1e} for the spread, ~{t_big * n_spread / n_big:.2g} s); the closed form "
+            f"takes {run_cf * 1e3:.2f} ms: {t_need / run_cf:.1e}x."
         )
     say()
     say(
@@ -387,7 +433,7 @@ def main():
     )
     say()
     peaks = measured_peaks()
-    say("Measured float64 peaks (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()) + ".")
+    say("Measured float64 peaks (GFLOP/s, both cores unless marked): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()) + ".")
     say()
     part_a(peaks)
     part_b()

@@ -1,15 +1,29 @@
 """gaussdiff_jax: exact laws of diffusion samplers on Gaussian data, their KL / W2 errors, and
-schedule optimization, in JAX. See README.md and MATH.md for conventions."""
+schedule optimization, in JAX. See README.md and MATH.md for conventions.
 
-from . import spectra as spectra
-from ._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
-from ._dtype import cast as cast
-from ._law import (
+The public names, by area (each lives in a private subpackage; import them from here):
+
+- core: sources, schedules, samplers, the engine `sample_law`, divergences;
+- analysis: asymptotics, analytic optima, closed forms;
+- optimization: learnable modules, `optimize`, time steps for pretrained models;
+- interop: grids, export to diffusers / k-diffusion / JSON;
+- scale: sweeps, sharding, compression of huge spectra;
+- mixtures: Gaussian mixtures, Lipschitz constants, Monte Carlo;
+- plots.
+"""
+
+from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, spectra as spectra
+
+# --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
+from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
+from ._core._dtype import cast as cast
+from ._core._law import (
     GaussianLaw as GaussianLaw,
     continuous_limit as continuous_limit,
     sample_law as sample_law,
     validate_grid as validate_grid,
 )
+from ._core._source import GaussianSource as GaussianSource
 from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
@@ -30,23 +44,12 @@ from ._schedule import (
     Discrete as Discrete,
     LinearBeta as LinearBeta,
     LogSNRLinear as LogSNRLinear,
+    RectifiedFlow as RectifiedFlow,
     Tangent as Tangent,
 )
-from ._source import GaussianSource as GaussianSource
 
-__version__ = "0.1.0"
-
-# Each area adds its public names below its own marker (keep `X as X` re-exports).
-# --- optimization (issue 3) ---
-from ._learnable import (
-    LearnableGrid as LearnableGrid,
-    LearnableSchedule as LearnableSchedule,
-    TimeWarp as TimeWarp,
-    WarpedSchedule as WarpedSchedule,
-)
-from ._optimize import OptimizeResult as OptimizeResult, optimize as optimize
-# --- analytic optima and asymptotics (issue 3) ---
-from ._asymptotics import (
+# --- analysis: asymptotics, analytic optima, closed forms ---------------------------------------------
+from ._analysis._asymptotics import (
     EndExponents as EndExponents,
     check_regular as check_regular,
     end_exponents as end_exponents,
@@ -56,33 +59,33 @@ from ._asymptotics import (
     w2_leading_term as w2_leading_term,
     w2_squared_leading_term as w2_squared_leading_term,
 )
-from ._ddim_closed_form import ddim_law as ddim_law
-from ._optimal import (
+from ._analysis._ddim_closed_form import ddim_law as ddim_law
+from ._analysis._jain_zhang import (
+    JainZhang as JainZhang,
+    JainZhangBoundTerms as JainZhangBoundTerms,
+    chain_rule_kl_bound as chain_rule_kl_bound,
+    jain_zhang_bound_terms as jain_zhang_bound_terms,
+    jain_zhang_grid as jain_zhang_grid,
+    jain_zhang_law as jain_zhang_law,
+    ou_schedule as ou_schedule,
+)
+from ._analysis._optimal import (
     EulerLagrangeSchedule as EulerLagrangeSchedule,
     euler_lagrange_schedule as euler_lagrange_schedule,
     isotropic_optimal_kl as isotropic_optimal_kl,
     tangent_functionals as tangent_functionals,
     tangent_gamma as tangent_gamma,
 )
-# --- real spectra, compression, sweeps, sharding (issue 4) ---
-from ._compress import (
-    Compression as Compression,
-    compress as compress,
-    compress_power_law as compress_power_law,
-    deduplicate as deduplicate,
+
+# --- optimization: learnable modules, optimize, time steps for pretrained models ----------------------
+from ._optimization._learnable import (
+    LearnableGrid as LearnableGrid,
+    LearnableSchedule as LearnableSchedule,
+    TimeWarp as TimeWarp,
+    WarpedSchedule as WarpedSchedule,
 )
-from ._sharding import DeviceSharding as DeviceSharding
-from ._sweep import Sweep as Sweep, sweep as sweep
-# --- model schedules, grids and export (issue 5) ---
-from . import _grid as grids
-from ._export import (
-    ExportWarning as ExportWarning,
-    from_json as from_json,
-    to_diffusers as to_diffusers,
-    to_json as to_json,
-    to_k_diffusion as to_k_diffusion,
-)
-from ._pretrained import (
+from ._optimization._optimize import OptimizeResult as OptimizeResult, optimize as optimize
+from ._optimization._timesteps import (
     GridOptimization as GridOptimization,
     GridScore as GridScore,
     compare_grids as compare_grids,
@@ -92,18 +95,28 @@ from ._pretrained import (
     score_grid as score_grid,
     score_grids as score_grids,
 )
-from ._schedule import RectifiedFlow as RectifiedFlow
-# --- Gaussian mixtures and Jain-Zhang (issue 6) ---
-from ._jain_zhang import (
-    JainZhang as JainZhang,
-    JainZhangBoundTerms as JainZhangBoundTerms,
-    chain_rule_kl_bound as chain_rule_kl_bound,
-    jain_zhang_bound_terms as jain_zhang_bound_terms,
-    jain_zhang_grid as jain_zhang_grid,
-    jain_zhang_law as jain_zhang_law,
-    ou_schedule as ou_schedule,
+
+# --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------
+from ._interop._export import (
+    ExportWarning as ExportWarning,
+    from_json as from_json,
+    to_diffusers as to_diffusers,
+    to_json as to_json,
+    to_k_diffusion as to_k_diffusion,
 )
-from ._lipschitz import (
+
+# --- scale: sweeps, sharding, compression -------------------------------------------------------------
+from ._scale._compress import (
+    Compression as Compression,
+    compress as compress,
+    compress_power_law as compress_power_law,
+    deduplicate as deduplicate,
+)
+from ._scale._sharding import DeviceSharding as DeviceSharding
+from ._scale._sweep import Sweep as Sweep, sweep as sweep
+
+# --- mixtures: Gaussian mixtures, Lipschitz constants, Monte Carlo ------------------------------------
+from ._mixtures._lipschitz import (
     HessianNormMaximum as HessianNormMaximum,
     LipschitzConstant as LipschitzConstant,
     gaussian_score_lipschitz as gaussian_score_lipschitz,
@@ -112,8 +125,8 @@ from ._lipschitz import (
     maximize_hessian_norm as maximize_hessian_norm,
     score_lipschitz as score_lipschitz,
 )
-from ._mixture import GaussianMixture as GaussianMixture, covariance_crossings as covariance_crossings
-from ._monte_carlo import (
+from ._mixtures._mixture import GaussianMixture as GaussianMixture, covariance_crossings as covariance_crossings
+from ._mixtures._monte_carlo import (
     Estimate as Estimate,
     LinearScore as LinearScore,
     MixtureDenoiser as MixtureDenoiser,
@@ -128,9 +141,12 @@ from ._monte_carlo import (
     sliced_w2 as sliced_w2,
     w2_exact_ot as w2_exact_ot,
 )
-# --- plots (issue 7) ---
+
+# --- plots ---------------------------------------------------------------------------------------------
 from ._plot import (
     plot_error_spectrum as plot_error_spectrum,
     plot_error_vs_nfe as plot_error_vs_nfe,
     plot_schedules as plot_schedules,
 )
+
+__version__ = "0.1.0"

@@ -7,7 +7,7 @@ from importlib import resources
 import jax.numpy as jnp
 import numpy as np
 
-from ._source import GaussianSource
+from ._core._source import GaussianSource
 
 _FILES = {
     "cifar10": "cifar10_icml2025.npy",

@@ -114,7 +114,7 @@ def test_ddim_law_zero_eigenvalue_roundoff_and_chunking():
     for field in FIELDS:
         np.testing.assert_allclose(getattr(rounded, field), getattr(clean, field), rtol=1e-14, err_msg=field)
     # The chunked (scan) path sums the same terms as the vectorized one, with a padded last chunk.
-    from gaussdiff_jax import _ddim_closed_form as dc
+    from gaussdiff_jax._analysis import _ddim_closed_form as dc
 
     lam = jnp.asarray(ASYMPTOTIC_SPECTRUM)
     ts = jnp.linspace(1.0, 0.0, 1001)
@@ -194,7 +194,7 @@ def test_functionals_closed_forms():
 
 def test_functionals_chunked(monkeypatch):
     # Large d x nodes runs the quadrature in checkpointed chunks (padded last chunk): same values.
-    from gaussdiff_jax import _asymptotics
+    from gaussdiff_jax._analysis import _asymptotics
 
     monkeypatch.setattr(_asymptotics, "_MAX_BLOCK", 4 * 333)
     source = gdj.GaussianSource(ASYMPTOTIC_SPECTRUM)

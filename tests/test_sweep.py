@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gaussdiff_jax as gdj
-from gaussdiff_jax import _sweep
+from gaussdiff_jax._scale import _sweep
 
 T_MIN = 1e-3
 

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._numerics import safe_sqrt
+from .._core._numerics import safe_sqrt
 from .._schedule import AbstractSchedule
 
 Modes = Float[Array, "*batch d"]

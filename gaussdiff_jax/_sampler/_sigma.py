@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .._numerics import safe_sqrt
+from .._core._numerics import safe_sqrt
 
-from .._errors import check
+from .._core._errors import check
 from ._base import AbstractSampler, AffineStep, marginal
 
 

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._errors import check
+from .._core._errors import check
 from .._schedule import AbstractSchedule
 from ._base import AbstractSampler, AffineStep, Modes, marginal
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._errors import check
+from .._core._errors import check
 from ._base import AbstractSchedule, Time
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._errors import check
+from .._core._errors import check
 from ._base import AbstractSchedule, Time
 
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._schedule import AbstractSchedule, Tangent
-from ._schedule._base import Time
+from .._schedule import AbstractSchedule, Tangent
+from .._schedule._base import Time
 
 
 def _positive_increments(logits: Array) -> Array:

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._dtype import cast
-from ._jain_zhang import JainZhang
-from ._law import validate_grid
+from .._core._dtype import cast
+from .._analysis._jain_zhang import JainZhang
+from .._core._law import validate_grid
 from ._mixture import GaussianMixture
-from ._sampler import (
+from .._sampler import (
     DDIM,
     DDPM,
     AbstractRungeKutta,
@@ -40,7 +40,7 @@ from ._sampler import (
     EulerMaruyama,
     ExponentialIntegrator,
 )
-from ._schedule import AbstractSchedule
+from .._schedule import AbstractSchedule
 
 ScoreFn = Callable[[Array, Array], Array]  # (x (d,), t scalar) -> score (d,)
 

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._errors import is_concrete
+from .._core._errors import is_concrete
 from ._mixture import GaussianMixture, covariance_crossings
-from ._schedule import AbstractSchedule
+from .._schedule import AbstractSchedule
 
 Kind = Literal["exact", "tight_bound", "unbounded", "no_closed_form"]
 

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._source import GaussianSource
+from .._core._source import GaussianSource
 
 
 _UNRESOLVED = 1e-3  # tail fraction of the probe's Chebyshev coefficients beyond which a bin is unresolved

@@ -16,10 +16,10 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._dtype import cast
-from ._errors import check, is_concrete
-from ._schedule import AbstractSchedule
-from ._source import GaussianSource
+from .._core._dtype import cast
+from .._core._errors import check, is_concrete
+from .._schedule import AbstractSchedule
+from .._core._source import GaussianSource
 
 _LOG_2PI = float(np.log(2 * np.pi))
 

@@ -32,13 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from . import _grid
-from ._divergence import kl, w2
-from ._dtype import cast
-from ._law import Init, sample_law
-from ._sampler import AbstractSampler
-from ._schedule import AbstractSchedule
-from ._source import GaussianSource
+from .._interop import _grid
+from .._core._divergence import kl, w2
+from .._core._dtype import cast
+from .._core._law import Init, sample_law
+from .._sampler import AbstractSampler
+from .._schedule import AbstractSchedule
+from .._core._source import GaussianSource
 
 Metric = Literal["kl", "kl_reverse", "w2"]
 METRICS: tuple[str, ...] = ("kl", "kl_reverse", "w2")

@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._divergence import expm1_minus_x
-from ._law import GaussianLaw, Init, validate_grid
-from ._sampler import AbstractSampler, marginal
-from ._schedule import AbstractSchedule, LinearBeta
-from ._source import GaussianSource
+from .._core._divergence import expm1_minus_x
+from .._core._law import GaussianLaw, Init, validate_grid
+from .._sampler import AbstractSampler, marginal
+from .._schedule import AbstractSchedule, LinearBeta
+from .._core._source import GaussianSource
 
 
 class JainZhang(eqx.Module):

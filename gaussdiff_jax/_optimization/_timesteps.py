@@ -19,14 +19,14 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
-from . import _grid
-from ._divergence import kl, w2_squared
-from ._law import sample_law
+from .._interop import _grid
+from .._core._divergence import kl, w2_squared
+from .._core._law import sample_law
 from ._learnable import LearnableGrid
 from ._optimize import optimize
-from ._sampler import AbstractSampler
-from ._schedule import AbstractSchedule, Discrete
-from ._source import GaussianSource
+from .._sampler import AbstractSampler
+from .._schedule import AbstractSchedule, Discrete
+from .._core._source import GaussianSource
 
 Metric = Literal["kl", "w2"]
 

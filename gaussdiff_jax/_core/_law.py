@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._errors import check
-from ._sampler import AbstractSampler, marginal
-from ._schedule import AbstractSchedule
+from .._sampler import AbstractSampler, marginal
+from .._schedule import AbstractSchedule
 from ._source import GaussianSource
 
 Init = Literal["standard", "exact"]

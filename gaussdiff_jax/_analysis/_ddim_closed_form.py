@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._law import GaussianLaw, Init, validate_grid
-from ._numerics import safe_sqrt
-from ._schedule import AbstractSchedule
-from ._source import GaussianSource
+from .._core._law import GaussianLaw, Init, validate_grid
+from .._core._numerics import safe_sqrt
+from .._schedule import AbstractSchedule
+from .._core._source import GaussianSource
 
 # Largest number of (step x mode) terms evaluated at once; above it the sum over steps runs in
 # checkpointed chunks, so memory stays O(chunk x d) instead of O(N x d) (also under reverse mode).

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._source import GaussianSource
+from .._core._source import GaussianSource
 
 Axis = Literal["spectra", "modes"]
 _MESH_AXIS = "devices"

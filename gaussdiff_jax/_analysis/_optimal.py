@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._divergence import expm1_minus_x
-from ._errors import check, is_concrete
-from ._schedule import AbstractSchedule
-from ._schedule._base import Time
-from ._source import GaussianSource
+from .._core._divergence import expm1_minus_x
+from .._core._errors import check, is_concrete
+from .._schedule import AbstractSchedule
+from .._schedule._base import Time
+from .._core._source import GaussianSource
 
 Metric = Literal["kl", "w2"]
 Direction = Literal["target_to_sample", "sample_to_target"]

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._sampler import DDIM, DDPM, RK4, AbstractSampler, EDMHeun, Euler, EulerMaruyama, ExponentialIntegrator, Heun
-from ._schedule import AbstractSchedule, Discrete
+from .._sampler import DDIM, DDPM, RK4, AbstractSampler, EDMHeun, Euler, EulerMaruyama, ExponentialIntegrator, Heun
+from .._schedule import AbstractSchedule, Discrete
 
 Grid = Float[Array, " N+1"]
 

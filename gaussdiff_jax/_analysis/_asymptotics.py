@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._errors import check, check_finite, is_concrete
-from ._schedule import AbstractSchedule
-from ._source import GaussianSource
+from .._core._errors import check, check_finite, is_concrete
+from .._schedule import AbstractSchedule
+from .._core._source import GaussianSource
 
 Direction = Literal["target_to_sample", "sample_to_target"]
 

@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from . import _schedule
+from .. import _schedule
 from ._grid import is_clean, training_indices
-from ._law import validate_grid
-from ._schedule import AbstractSchedule, Discrete, RectifiedFlow
+from .._core._law import validate_grid
+from .._schedule import AbstractSchedule, Discrete, RectifiedFlow
 
 Kind = Literal["timesteps", "sigmas", "flow_sigmas"]
 
@@ -292,7 +292,7 @@ def _encode(obj):
 
 
 def _schedule_classes() -> dict[str, type]:
-    from . import _learnable
+    from .._optimization import _learnable
 
     classes = {n: getattr(_schedule, n) for n in dir(_schedule) if isinstance(getattr(_schedule, n), type)}
     classes.update({n: getattr(_learnable, n) for n in ("WarpedSchedule", "TimeWarp")})

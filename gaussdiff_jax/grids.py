@@ -1,0 +1,35 @@
+"""Time discretizations (grids) by name: the `t_0 > t_1 > ... > t_N` a sampler visits.
+
+The public face of `gaussdiff_jax._interop._grid` (see its docstring for where the model is evaluated,
+diffusers' spacings on `Discrete` tables and the NFE accounting):
+
+```python
+import gaussdiff_jax as gdj
+ts = gdj.grids.karras(gdj.EDM(), 10)                 # or gdj.grids.make("karras", schedule, nfe=10)
+gdj.grids.available(gdj.Discrete.from_diffusers())   # every grid name that applies to a schedule
+```
+"""
+
+from ._interop._grid import (
+    AYS_SIGMAS as AYS_SIGMAS,
+    Grid as Grid,
+    align_your_steps as align_your_steps,
+    available as available,
+    interpolate as interpolate,
+    is_clean as is_clean,
+    karras as karras,
+    leading as leading,
+    linspace as linspace,
+    log_snr_uniform as log_snr_uniform,
+    loglinear_interp as loglinear_interp,
+    make as make,
+    num_evaluations as num_evaluations,
+    quadratic as quadratic,
+    round_to_indices as round_to_indices,
+    steps_for_nfe as steps_for_nfe,
+    time_of_log_snr as time_of_log_snr,
+    time_of_sigma as time_of_sigma,
+    trailing as trailing,
+    training_indices as training_indices,
+    uniform as uniform,
+)
