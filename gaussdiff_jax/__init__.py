@@ -12,7 +12,7 @@ The public names, by area (each lives in a private subpackage; import them from 
 - plots.
 """
 
-from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, spectra as spectra
+from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, samplers as samplers, spectra as spectra
 
 # --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
 from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._sampler import DDIM, DDPM, RK4, AbstractSampler, EDMHeun, Euler, EulerMaruyama, ExponentialIntegrator, Heun
+from .._sampler import DDIM, AbstractSampler
 from .._schedule import AbstractSchedule, Discrete
 
 Grid = Float[Array, " N+1"]
@@ -53,30 +53,12 @@ AYS_SIGMAS: dict[str, tuple[float, ...]] = {
 # --- NFE accounting --------------------------------------------------------------------------------
 
 
-def _cost_per_step(sampler: AbstractSampler) -> int:
-    if isinstance(sampler, (DDIM, DDPM, Euler, EulerMaruyama, ExponentialIntegrator)):
-        return 1
-    if isinstance(sampler, (Heun, EDMHeun)):
-        return 2
-    if isinstance(sampler, RK4):
-        return 4
-    raise ValueError(
-        f"no NFE rule for {type(sampler).__name__}: known samplers are DDIM, DDPM, Euler, EulerMaruyama, "
-        "ExponentialIntegrator (1 per step), Heun, EDMHeun (2) and RK4 (4). Pass a number of steps instead."
-    )
-
-
 def num_evaluations(sampler: AbstractSampler, ts: Float[ArrayLike, " N+1"], schedule: AbstractSchedule) -> int:
     r"""Network evaluations (NFE) that `sampler` spends on the grid `ts` (see the module docstring).
 
     `EDMHeun` saves one evaluation on a last step that lands on $\sigma = 0$ (an Euler step there).
     """
-    ts = np.asarray(ts)
-    n = ts.shape[0] - 1
-    cost = _cost_per_step(sampler) * n
-    if isinstance(sampler, EDMHeun) and n >= 1 and float(schedule.sigma(ts[-1])) == 0.0:
-        cost -= 1
-    return int(cost)
+    return int(sampler.num_evaluations(schedule, np.asarray(ts)))
 
 
 def steps_for_nfe(sampler: AbstractSampler, nfe: int, *, ends_clean: bool = True) -> int:
@@ -86,10 +68,12 @@ def steps_for_nfe(sampler: AbstractSampler, nfe: int, *, ends_clean: bool = True
     Budgets that a sampler cannot use exactly (odd NFE for `Heun`) are rounded down.
     """
     nfe = _positive_int(nfe, "nfe")
-    cost = _cost_per_step(sampler)
-    steps = (nfe + 1) // 2 if isinstance(sampler, EDMHeun) and ends_clean else nfe // cost
+    steps = sampler.steps_for_nfe(nfe, ends_clean=ends_clean)
     if steps < 1:
-        raise ValueError(f"an NFE budget of {nfe} is below one step of {type(sampler).__name__} ({cost} NFE).")
+        raise ValueError(
+            f"an NFE budget of {nfe} is below one step of {type(sampler).__name__} "
+            f"({sampler.evaluations_per_step} NFE)."
+        )
     return steps
 
 

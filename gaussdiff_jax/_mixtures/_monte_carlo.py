@@ -31,15 +31,7 @@ from .._core._dtype import cast
 from .._analysis._jain_zhang import JainZhang
 from .._core._law import validate_grid
 from ._mixture import GaussianMixture
-from .._sampler import (
-    DDIM,
-    DDPM,
-    AbstractRungeKutta,
-    AbstractSampler,
-    EDMHeun,
-    EulerMaruyama,
-    ExponentialIntegrator,
-)
+from .._sampler import AbstractSampler
 from .._schedule import AbstractSchedule
 
 ScoreFn = Callable[[Array, Array], Array]  # (x (d,), t scalar) -> score (d,)
@@ -118,71 +110,6 @@ def linear_score(
     return LinearScore(jnp.asarray(mean), jnp.asarray(covariance), schedule)
 
 
-# ---------------------------------------------------------------------------- literal update rules
-def _step(sampler, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
-    """One literal step of `sampler` for one particle x (d,), from t down to t_next, with standard normal noise."""
-    if isinstance(sampler, AbstractRungeKutta):
-        # Probability-flow ODE in reverse time: dx/d(-t) = beta(t)/2 (x + s(x, t)).
-        h = t - t_next
-        field = lambda y, s: 0.5 * schedule.beta(s) * (y + score_fn(y, s))
-        ks = []
-        for node, row in zip(sampler.nodes, sampler.matrix):
-            y = x + h * sum((a * k for a, k in zip(row, ks) if a), jnp.zeros_like(x))
-            ks.append(field(y, t - node * h))
-        return x + h * sum(w * k for w, k in zip(sampler.weights, ks) if w)
-    if isinstance(sampler, EulerMaruyama):
-        hb = 0.5 * (t - t_next) * schedule.beta(t)
-        return x + hb * (x + 2 * score_fn(x, t)) + jnp.sqrt(2 * hb) * noise
-    if isinstance(sampler, ExponentialIntegrator):
-        two_delta = schedule.log_alpha_bar_ratio(t, t_next)
-        g1 = jnp.expm1(0.5 * two_delta)
-        return (1 + g1) * x + 2 * g1 * score_fn(x, t) + jnp.sqrt(jnp.expm1(two_delta)) * noise
-    if isinstance(sampler, DDPM):
-        ab, ab_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
-        if sampler.beta == "discrete":
-            beta_k, keep = schedule.alpha_bar_increment(t, t_next) / ab_n, ab / ab_n
-        else:
-            beta_k = (t - t_next) * schedule.beta(t)
-            keep = 1 - beta_k
-        q = (
-            beta_k
-            if sampler.variance == "beta"
-            else beta_k * schedule.one_minus_alpha_bar(t_next) / schedule.one_minus_alpha_bar(t)
-        )
-        return (x + beta_k * score_fn(x, t)) / jnp.sqrt(keep) + jnp.sqrt(q) * noise
-    if isinstance(sampler, DDIM):
-        ab, ab_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
-        om, om_n = schedule.one_minus_alpha_bar(t), schedule.one_minus_alpha_bar(t_next)
-        if denoiser_fn is None:
-            eps_hat = -jnp.sqrt(om) * score_fn(x, t)
-            x0_hat = (x - jnp.sqrt(om) * eps_hat) / jnp.sqrt(ab)
-        else:
-            x0_hat = denoiser_fn(x, t)
-            eps_hat = (x - jnp.sqrt(ab) * x0_hat) / jnp.sqrt(om)
-        s2 = sampler.eta**2 * om_n / om * (schedule.alpha_bar_increment(t, t_next) / ab_n)
-        return jnp.sqrt(ab_n) * x0_hat + jnp.sqrt(om_n - s2) * eps_hat + jnp.sqrt(s2) * noise
-    if isinstance(sampler, EDMHeun):
-        # Heun in sigma on xbar = x / sqrt(abar): d xbar / d sigma = -sigma sqrt(abar) s(x, t).
-        sig, sig_n = schedule.sigma(t), schedule.sigma(t_next)
-        ra, ra_n = jnp.sqrt(schedule.alpha_bar(t)), jnp.sqrt(schedule.alpha_bar(t_next))
-        xbar = x / ra
-        k1 = -sig * ra * score_fn(x, t)
-        pred = xbar + (sig_n - sig) * k1
-        k2 = -sig_n * ra_n * score_fn(ra_n * pred, t_next)
-        heun = xbar + 0.5 * (sig_n - sig) * (k1 + k2)
-        return ra_n * jnp.where(sig_n > 0, heun, pred)
-    raise TypeError(
-        f"simulate: no literal update rule for {type(sampler).__name__}; supported: DDIM, DDPM, EulerMaruyama, "
-        "ExponentialIntegrator, Euler, Heun, RK4 (any AbstractRungeKutta), EDMHeun, JainZhang."
-    )
-
-
-def _is_deterministic(sampler) -> bool:
-    if isinstance(sampler, (AbstractRungeKutta, EDMHeun)):
-        return True
-    return isinstance(sampler, DDIM) and float(sampler.eta) == 0.0
-
-
 def _trajectory(sampler, schedule, ts, score_fn, denoiser_fn, x0, key):
     """Final state of one particle started at x0 (d,), with its own noise key."""
     if isinstance(sampler, JainZhang):
@@ -204,7 +131,7 @@ def _trajectory(sampler, schedule, ts, score_fn, denoiser_fn, x0, key):
     def one(x, inputs):
         t, t_next, k = inputs
         noise = jax.random.normal(k, x.shape, dtype=x.dtype)
-        return _step(sampler, schedule, t, t_next, x, score_fn, denoiser_fn, noise), None
+        return sampler.literal_step(schedule, t, t_next, x, score_fn, denoiser_fn, noise), None
 
     out, _ = jax.lax.scan(one, x0, (ts[:-1], ts[1:], keys))
     return out
@@ -264,7 +191,7 @@ def simulate(
         init_law = GaussianMixture(jnp.ones(1, dtype), jnp.zeros((1, d), dtype), jnp.ones((1, d), dtype))
     else:
         raise ValueError("simulate: init must be 'standard' or a GaussianMixture (the law of x at ts[0]).")
-    if log_density and not _is_deterministic(sampler):
+    if log_density and (isinstance(sampler, JainZhang) or not sampler.is_deterministic):
         raise ValueError(
             f"simulate: log_density=True needs a deterministic sampler (a flow map); {type(sampler).__name__} adds "
             "noise, so its output density has no closed form. Use cross_entropy or w2_exact_ot instead."

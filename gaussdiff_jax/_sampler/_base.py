@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._core._numerics import safe_sqrt
@@ -63,10 +64,57 @@ def marginal(schedule: AbstractSchedule, t, lam: Modes) -> Marginal:
 class AbstractSampler(eqx.Module):
     r"""A diffusion sampler run with the exact score of a Gaussian source.
 
-    Concrete samplers implement `step`, the affine map of one step from forward time `t` down to
-    `t_next < t`, per mode. The engine (`sample_law`) runs it along a grid.
+    One-step samplers implement `step`, the affine map of one step from forward time `t` down to
+    `t_next < t`, per mode; the engine (`sample_law`) runs it along a grid. Multistep samplers derive
+    from `AbstractMultistepSampler` instead.
+
+    **Facts every sampler declares** (class attributes, so that grids, the CLI and Monte Carlo need no
+    `isinstance` chains):
+
+    - `evaluations_per_step`: network evaluations (NFE) per step.
+    - `order`: order of convergence of the output law as the grid is refined (1 for Euler-type schemes).
+    - `needs_beta`: whether the sampler uses the instantaneous rate $\beta(t)$ (samplers in $t$), rather
+      than only $\bar\alpha$ at the grid points (samplers in $\sigma$, which accept $\bar\alpha = 0$).
+    - `stochastic`: whether it draws fresh noise (`is_deterministic` may refine it per instance).
+
+    `literal_step` is the textbook update rule on particles, used by `gdj.simulate` (Monte Carlo with any
+    score, e.g. a Gaussian mixture's).
     """
 
-    @abc.abstractmethod
+    evaluations_per_step: ClassVar[int] = 1
+    order: ClassVar[int] = 1
+    needs_beta: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
+
+    @property
+    def is_deterministic(self) -> bool:
+        """Whether the sampler is a deterministic map of its initial state (a flow map)."""
+        return not self.stochastic
+
     def step(self, schedule: AbstractSchedule, t: Array, t_next: Array, lam: Modes) -> AffineStep:
         r"""The affine step from `t` to `t_next` (scalars, `t_next < t`) for eigenvalues `lam` `(*batch, d)`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a one-step affine map (step).")
+
+    def num_evaluations(self, schedule: AbstractSchedule, ts) -> int:
+        """Network evaluations (NFE) this sampler spends on the grid `ts` (`N + 1` points)."""
+        return self.evaluations_per_step * (int(np.shape(ts)[0]) - 1)
+
+    def steps_for_nfe(self, nfe: int, *, ends_clean: bool = True) -> int:
+        """The largest number of steps whose NFE fits the budget `nfe` (0 if none does).
+
+        `ends_clean`: whether the grid ends at $\sigma = 0$ (samplers whose last step is cheaper there)."""
+        return int(nfe) // self.evaluations_per_step
+
+    def literal_step(self, schedule: AbstractSchedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        r"""One literal step for one particle `x` `(d,)` from `t` down to `t_next`.
+
+        `score_fn(x, t)` is the score; `denoiser_fn(x, t)` the posterior mean $\mathbb E[x_0 | x_t]$ (or `None`:
+        Tweedie's formula from the score); `noise` a standard normal draw of the shape of `x`."""
+        raise NotImplementedError(f"{type(self).__name__} has no literal update rule for Monte Carlo.")
+
+
+def denoise(schedule: AbstractSchedule, t, x, score_fn, denoiser_fn):
+    r"""The posterior mean $\mathbb E[x_0 | x_t = x]$: `denoiser_fn` if given, else Tweedie's formula."""
+    if denoiser_fn is not None:
+        return denoiser_fn(x, t)
+    return (x + schedule.one_minus_alpha_bar(t) * score_fn(x, t)) / jnp.sqrt(schedule.alpha_bar(t))

@@ -8,11 +8,13 @@ points enters, never $\beta$, so they work for schedules with $\bar\alpha(1) = 0
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from .._core._numerics import safe_sqrt
 
 from .._core._errors import check
-from ._base import AbstractSampler, AffineStep, marginal
+from ._base import AbstractSampler, AffineStep, denoise, marginal
+from ._registry import register
 
 
 def _safe_sqrt_ratio(num, den):
@@ -21,6 +23,7 @@ def _safe_sqrt_ratio(num, den):
     return jnp.where(ok, safe_sqrt(num / jnp.where(ok, den, 1.0)), 0.0)
 
 
+@register("ddim", "DDIM (eta from --eta, default 0: deterministic)")
 class DDIM(AbstractSampler):
     r"""DDIM (Song, Meng, Ermon) with stochasticity $\eta \in [0, 1]$; $\eta = 0$ is deterministic.
 
@@ -35,9 +38,28 @@ class DDIM(AbstractSampler):
 
     eta: float = 0.0
 
+    needs_beta = False
+    stochastic = True
+
     def __check_init__(self):
         if not (0.0 <= float(self.eta) <= 1.0):
             raise ValueError(f"DDIM: eta must lie in [0, 1]; got {self.eta}.")
+
+    @property
+    def is_deterministic(self) -> bool:
+        return float(self.eta) == 0.0
+
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        ab, ab_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        om, om_n = schedule.one_minus_alpha_bar(t), schedule.one_minus_alpha_bar(t_next)
+        if denoiser_fn is None:
+            eps_hat = -jnp.sqrt(om) * score_fn(x, t)
+            x0_hat = (x - jnp.sqrt(om) * eps_hat) / jnp.sqrt(ab)
+        else:
+            x0_hat = denoise(schedule, t, x, score_fn, denoiser_fn)
+            eps_hat = (x - jnp.sqrt(ab) * x0_hat) / jnp.sqrt(om)
+        s2 = self.eta**2 * om_n / om * (schedule.alpha_bar_increment(t, t_next) / ab_n)
+        return jnp.sqrt(ab_n) * x0_hat + jnp.sqrt(om_n - s2) * eps_hat + jnp.sqrt(s2) * noise
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
@@ -86,12 +108,36 @@ class DDIM(AbstractSampler):
         )
 
 
+@register("edm-heun", "EDM's Heun in sigma (Karras et al.)", aliases=("edmheun", "edm_heun"))
 class EDMHeun(AbstractSampler):
     r"""EDM's deterministic Heun sampler (Karras et al., Algorithm 1 with no churn).
 
     The trapezoid rule on $d\bar x/d\sigma = \sigma(\bar x - m)/(\lambda + \sigma^2)$, $\bar x = x/\sqrt{\bar\alpha}$,
     with an Euler step where $\sigma' = 0$. Needs finite $\sigma$ at every grid point ($\bar\alpha > 0$).
     """
+
+    evaluations_per_step = 2
+    order = 2
+    needs_beta = False
+
+    def num_evaluations(self, schedule, ts) -> int:
+        # The last step to sigma = 0 is an Euler step (one evaluation).
+        n = int(np.shape(ts)[0]) - 1
+        return 2 * n - (1 if n >= 1 and float(schedule.sigma(ts[-1])) == 0.0 else 0)
+
+    def steps_for_nfe(self, nfe: int, *, ends_clean: bool = True) -> int:
+        return (int(nfe) + 1) // 2 if ends_clean else int(nfe) // 2
+
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        # Heun in sigma on xbar = x / sqrt(abar): d xbar / d sigma = -sigma sqrt(abar) s(x, t).
+        sig, sig_n = schedule.sigma(t), schedule.sigma(t_next)
+        ra, ra_n = jnp.sqrt(schedule.alpha_bar(t)), jnp.sqrt(schedule.alpha_bar(t_next))
+        xbar = x / ra
+        k1 = -sig * ra * score_fn(x, t)
+        pred = xbar + (sig_n - sig) * k1
+        k2 = -sig_n * ra_n * score_fn(ra_n * pred, t_next)
+        heun = xbar + 0.5 * (sig_n - sig) * (k1 + k2)
+        return ra_n * jnp.where(sig_n > 0, heun, pred)
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)

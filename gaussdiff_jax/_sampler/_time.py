@@ -15,6 +15,7 @@ from jaxtyping import Array
 from .._core._errors import check
 from .._schedule import AbstractSchedule
 from ._base import AbstractSampler, AffineStep, Modes, marginal
+from ._registry import register
 
 
 def ode_field(schedule: AbstractSchedule, s, lam: Modes) -> tuple[Modes, Modes]:
@@ -24,8 +25,15 @@ def ode_field(schedule: AbstractSchedule, s, lam: Modes) -> tuple[Modes, Modes]:
     return b_over_R2 * (lam - 1) * mg.alpha_bar, b_over_R2 * mg.sqrt_alpha_bar
 
 
+@register("em", "Euler-Maruyama on the reverse SDE", aliases=("eulermaruyama", "euler-maruyama"))
 class EulerMaruyama(AbstractSampler):
     r"""Euler–Maruyama on the reverse SDE: $A = 1 + h\,b(1 - 2/R^2)$, $C = 2hb\sqrt{\bar\alpha}/R^2$, $Q = 2hb$."""
+
+    stochastic = True
+
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        hb = 0.5 * (t - t_next) * schedule.beta(t)
+        return x + hb * (x + 2 * score_fn(x, t)) + jnp.sqrt(2 * hb) * noise
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         h = t - t_next
@@ -39,12 +47,20 @@ class EulerMaruyama(AbstractSampler):
         )
 
 
+@register("ei", "exponential integrator on the reverse SDE", aliases=("exponentialintegrator",))
 class ExponentialIntegrator(AbstractSampler):
     r"""Exponential integrator on the reverse SDE: linear part exact, score frozen at the step start.
 
     With $\Delta = \frac12\int_{s'}^{s}\beta$: $A = 1 + \gamma_1(1 - 2/R^2)$, $C = 2\gamma_1\sqrt{\bar\alpha}/R^2$,
     $Q = 2\gamma_2$, where $\gamma_1 = e^\Delta - 1$, $\gamma_2 = \frac12(e^{2\Delta} - 1)$.
     """
+
+    stochastic = True
+
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        two_delta = schedule.log_alpha_bar_ratio(t, t_next)
+        g1 = jnp.expm1(0.5 * two_delta)
+        return (1 + g1) * x + 2 * g1 * score_fn(x, t) + jnp.sqrt(jnp.expm1(two_delta)) * noise
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         mg = marginal(schedule, t, lam)
@@ -58,6 +74,7 @@ class ExponentialIntegrator(AbstractSampler):
         )
 
 
+@register("ddpm", "DDPM ancestral sampling (Ho et al.; --beta linearized is Pierret-Galerne's form)")
 class DDPM(AbstractSampler):
     r"""DDPM ancestral sampling, $y' = (y + \beta_k\,\mathrm{score})/\sqrt{1-\beta_k} + \sqrt{Q}\,\xi$.
 
@@ -70,6 +87,21 @@ class DDPM(AbstractSampler):
 
     beta: Literal["discrete", "linearized"] = "discrete"
     variance: Literal["beta", "posterior"] = "beta"
+
+    stochastic = True
+
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        ab, ab_n = schedule.alpha_bar(t), schedule.alpha_bar(t_next)
+        if self.beta == "discrete":
+            beta_k, keep = schedule.alpha_bar_increment(t, t_next) / ab_n, ab / ab_n
+        else:
+            beta_k = (t - t_next) * schedule.beta(t)
+            keep = 1 - beta_k
+        if self.variance == "beta":
+            q = beta_k
+        else:
+            q = beta_k * schedule.one_minus_alpha_bar(t_next) / schedule.one_minus_alpha_bar(t)
+        return (x + beta_k * score_fn(x, t)) / jnp.sqrt(keep) + jnp.sqrt(q) * noise
 
     def __check_init__(self):
         if self.beta not in ("discrete", "linearized"):
@@ -119,6 +151,16 @@ class AbstractRungeKutta(AbstractSampler):
     matrix: ClassVar[tuple[tuple[float, ...], ...]]
     weights: ClassVar[tuple[float, ...]]
 
+    def literal_step(self, schedule, t, t_next, x, score_fn, denoiser_fn, noise):
+        # Probability-flow ODE in reverse time: dx/d(-t) = beta(t)/2 (x + s(x, t)).
+        h = t - t_next
+        ks = []
+        for node, row in zip(self.nodes, self.matrix):
+            y = x + h * sum((a * k for a, k in zip(row, ks) if a), jnp.zeros_like(x))
+            s = t - node * h
+            ks.append(0.5 * schedule.beta(s) * (y + score_fn(y, s)))
+        return x + h * sum(w * k for w, k in zip(self.weights, ks) if w)
+
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         h = t - t_next
         Ks: list[Array] = []
@@ -139,6 +181,7 @@ class AbstractRungeKutta(AbstractSampler):
         return AffineStep(gain_minus_one, offset, jnp.zeros_like(gain_minus_one))
 
 
+@register("euler", "Euler on the probability-flow ODE in t")
 class Euler(AbstractRungeKutta):
     r"""Euler on the probability-flow ODE in $t$: $A = 1 + h\,a^o(s)$, $C = h\,c^o(s)$ (order 1)."""
 
@@ -147,8 +190,12 @@ class Euler(AbstractRungeKutta):
     weights = (1.0,)
 
 
+@register("heun", "Heun (trapezoid) on the probability-flow ODE in t")
 class Heun(AbstractRungeKutta):
     r"""Heun (Euler predictor, trapezoid corrector) on the probability-flow ODE in $t$, every step (order 2)."""
+
+    evaluations_per_step = 2
+    order = 2
 
     nodes = (0.0, 1.0)
     matrix = ((), (1.0,))
@@ -163,9 +210,17 @@ class Heun(AbstractRungeKutta):
         return step._replace(exact_gain=0.5 * ((1 + h * a) * (1 + h * a_next) + 1))
 
 
+@register("rk4", "classical Runge-Kutta 4 on the probability-flow ODE in t")
 class RK4(AbstractRungeKutta):
     r"""Classical RK4 on the probability-flow ODE in $t$ (stages at $s$, $s - h/2$ twice, $s'$; order 4)."""
+
+    evaluations_per_step = 4
+    order = 4
 
     nodes = (0.0, 0.5, 0.5, 1.0)
     matrix = ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
     weights = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+
+
+register("ddpm-pg", "DDPM ancestral, Pierret-Galerne linearized form", DDPM, aliases=("ddpm_pg",),
+         defaults={"beta": "linearized"})
