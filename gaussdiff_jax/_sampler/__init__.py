@@ -22,3 +22,4 @@ from ._multistep import (
     StepInfo as StepInfo,
 )
 from ._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
+from ._jain_zhang import JainZhang as JainZhang
