@@ -42,39 +42,42 @@ class DPMSolverMultistep(AbstractMultistepSampler):
 
     **Arguments:**
 
-    - `order`: 1, 2 or 3 (diffusers' `solver_order`).
+    - `solver_order`: 1, 2 or 3 (diffusers' `solver_order`; the run's convergence order is `order` =
+      min(solver_order, 2), because the warm-up steps are of lower order).
     - `algorithm`: `"dpmsolver++"` (data prediction), `"sde-dpmsolver++"`, `"dpmsolver"` (noise prediction) or
       `"sde-dpmsolver"` (diffusers' `algorithm_type`).
     - `solver_type`: `"midpoint"` or `"heun"` (the second-order weight).
     - `lower_order_final`, `euler_at_final`: as in diffusers (see the module docstring).
     """
 
-    order_: int = 2
+    solver_order: int = 2
     algorithm: Algorithm = "dpmsolver++"
     solver_type: Literal["midpoint", "heun"] = "midpoint"
     lower_order_final: bool = True
     euler_at_final: bool = False
 
-    def __init__(self, order: int = 2, algorithm: Algorithm = "dpmsolver++", solver_type="midpoint",
+    def __init__(self, solver_order: int = 2, algorithm: Algorithm = "dpmsolver++", solver_type="midpoint",
                  lower_order_final: bool = True, euler_at_final: bool = False):
-        if order not in (1, 2, 3):
-            raise ValueError(f"DPMSolverMultistep: order must be 1, 2 or 3; got {order!r}.")
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"DPMSolverMultistep: solver_order must be 1, 2 or 3; got {solver_order!r}.")
         if algorithm not in ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"):
             raise ValueError(f"DPMSolverMultistep: unknown algorithm {algorithm!r}.")
         if solver_type not in ("midpoint", "heun"):
             raise ValueError(f"DPMSolverMultistep: solver_type must be 'midpoint' or 'heun'; got {solver_type!r}.")
-        if order == 3 and algorithm == "sde-dpmsolver":
+        if solver_order == 3 and algorithm == "sde-dpmsolver":
             raise ValueError("DPMSolverMultistep: order 3 is not defined for 'sde-dpmsolver' (diffusers has none).")
-        self.order_, self.algorithm, self.solver_type = int(order), algorithm, solver_type
+        self.solver_order, self.algorithm, self.solver_type = int(solver_order), algorithm, solver_type
         self.lower_order_final, self.euler_at_final = bool(lower_order_final), bool(euler_at_final)
 
     @property
     def num_slots(self) -> int:
-        return self.order_
+        return self.solver_order
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        return self.order_
+        # The first (first-order) and second (second-order) warm-up steps have local errors O(h^2) and
+        # O(h^3), so the run converges with order min(solver_order, 2): KL ~ N^-4 for 2M and 3M alike.
+        return min(self.solver_order, 2)
 
     @property
     def is_deterministic(self) -> bool:
@@ -82,7 +85,7 @@ class DPMSolverMultistep(AbstractMultistepSampler):
 
     def _effective_order(self, info, lands_clean):
         k, n = info.index, info.num_steps
-        order = jnp.minimum(self.order_, k + 1)
+        order = jnp.minimum(self.solver_order, k + 1)
         short = self.lower_order_final & (n < 15)
         final = (k == n - 1) & (self.euler_at_final | short | lands_clean)
         second = (k == n - 2) & short
@@ -96,8 +99,8 @@ class DPMSolverMultistep(AbstractMultistepSampler):
         order = self._effective_order(info, lands_clean)
         # Ratios of previous step sizes (only used when the order allows; guarded against 0/0 at warm-up).
         h_safe = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
-        r0 = half_log_snr_step(schedule, slots[1], cur) / h_safe if self.order_ >= 2 else 1.0
-        r1 = half_log_snr_step(schedule, slots[2], slots[1]) / h_safe if self.order_ >= 3 else 1.0
+        r0 = half_log_snr_step(schedule, slots[1], cur) / h_safe if self.solver_order >= 2 else 1.0
+        r1 = half_log_snr_step(schedule, slots[2], slots[1]) / h_safe if self.solver_order >= 3 else 1.0
         r0 = jnp.where(order >= 2, r0, 1.0)
         r1 = jnp.where(order >= 3, r1, 1.0)
         sde, plus = self.algorithm.startswith("sde"), self.algorithm.endswith("++")
@@ -126,14 +129,14 @@ class DPMSolverMultistep(AbstractMultistepSampler):
             if sde:
                 fresh = new.sigma**2 * jnp.expm1(2 * h_safe)
                 noise_res = -new.sigma * em1
-        weights = [w0, 0.0, 0.0][: self.order_]
-        if self.order_ >= 2:
+        weights = [w0, 0.0, 0.0][: self.solver_order]
+        if self.solver_order >= 2:
             second = _divided_difference_weights(2, r0, r1, c1, c2)
-            third = _divided_difference_weights(3, r0, r1, c1_third, c2) if self.order_ >= 3 else second
-            for j in range(self.order_):
+            third = _divided_difference_weights(3, r0, r1, c1_third, c2) if self.solver_order >= 3 else second
+            for j in range(self.solver_order):
                 extra = jnp.where(order >= 3, third[j], jnp.where(order == 2, second[j], 0.0))
                 weights[j] = weights[j] + extra
-        zeros = tuple(0.0 for _ in range(self.order_))
+        zeros = tuple(0.0 for _ in range(self.solver_order))
         cmb = Combination(
             base=0,
             scale=scale,
@@ -147,11 +150,11 @@ class DPMSolverMultistep(AbstractMultistepSampler):
 
 
 register("dpmpp-2m", "DPM-Solver++(2M), multistep, data prediction (Stable Diffusion's default)",
-         DPMSolverMultistep, aliases=("dpm++2m", "dpmpp2m", "dpmsolver++"), defaults={"order": 2})
-register("dpmpp-3m", "DPM-Solver++(3M), third-order multistep", DPMSolverMultistep, defaults={"order": 3})
+         DPMSolverMultistep, aliases=("dpm++2m", "dpmpp2m", "dpmsolver++"), defaults={"solver_order": 2})
+register("dpmpp-3m", "DPM-Solver++(3M), third-order multistep", DPMSolverMultistep, defaults={"solver_order": 3})
 register("dpmpp-2m-sde", "SDE-DPM-Solver++(2M), stochastic multistep", DPMSolverMultistep,
-         aliases=("dpm++2m-sde",), defaults={"order": 2, "algorithm": "sde-dpmsolver++"})
+         aliases=("dpm++2m-sde",), defaults={"solver_order": 2, "algorithm": "sde-dpmsolver++"})
 register("dpmpp-3m-sde", "SDE-DPM-Solver++(3M)", DPMSolverMultistep,
-         defaults={"order": 3, "algorithm": "sde-dpmsolver++"})
+         defaults={"solver_order": 3, "algorithm": "sde-dpmsolver++"})
 register("dpm-2m", "DPM-Solver(2M), multistep, noise prediction", DPMSolverMultistep,
-         defaults={"order": 2, "algorithm": "dpmsolver"})
+         defaults={"solver_order": 2, "algorithm": "dpmsolver"})

@@ -100,7 +100,13 @@ def half_log_snr_step(schedule: AbstractSchedule, a: Level, b: Level, *, on_grid
     with both logs as `log1p` of an accurate increment, because $\lambda_b - \lambda_a$ of two rounded values keeps
     only ~`eps * |lambda| / h` relative precision in float32."""
     d = alpha_bar_difference(schedule, a, b, on_grid=on_grid)
-    return 0.5 * (jnp.log1p(d / a.alpha_bar) - jnp.log1p(-d / a.one_minus_alpha_bar))
+    # b clean (1 - abar_b = 0): h = +inf; the where keeps its gradient 0 rather than inf * 0 = nan.
+    x = -d / jnp.where(a.one_minus_alpha_bar > 0, a.one_minus_alpha_bar, 1.0)
+    clean = x <= -1
+    safe_x = jnp.where(clean, 0.0, x)
+    safe_ab = jnp.where(a.alpha_bar > 0, a.alpha_bar, 1.0)
+    h = 0.5 * (jnp.log1p(d / safe_ab) - jnp.log1p(safe_x))
+    return jnp.where(clean, jnp.inf, jnp.where(a.alpha_bar > 0, h, jnp.inf))
 
 
 def phi(k: int, x: Array) -> Array:
