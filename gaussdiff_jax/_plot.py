@@ -284,7 +284,7 @@ def plot_error_vs_nfe(
         ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("NFE (network evaluations per sample)")
     ax.set_ylabel(_quantity_label(quantity))
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, which="major", alpha=0.3)
     if handles is not None:
         if predicted:
             from matplotlib.lines import Line2D
