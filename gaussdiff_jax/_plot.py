@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-
 # Axis labels with units. sigma is in data units (x_t / sqrt(alpha_bar) = x_0 + sigma z), eigenvalues are
 # variances (data units squared), KL is in nats.
 _PRETTY = {"W2": "$W_2$", "W2^2": "$W_2^2$", "w2": "$W_2$", "w2_squared": "$W_2^2$"}
@@ -209,9 +208,10 @@ def _nfe_styles(labels: list) -> tuple[dict, list | None]:
     parts = [_split_label(label) for label in labels]
     if not labels or any(p is None for p in parts):
         colors = _colors(len(labels))
+        block = [i // 10 for i in range(len(labels))]  # past ten colours, change the line style and marker
         styles = {
-            label: {"color": c, "linestyle": _LINESTYLES[(i // 10) % len(_LINESTYLES)], "marker": _MARKERS[i // 10 % 12]}
-            for i, (label, c) in enumerate(zip(labels, colors))
+            label: {"color": c, "linestyle": _LINESTYLES[b % len(_LINESTYLES)], "marker": _MARKERS[b % len(_MARKERS)]}
+            for label, c, b in zip(labels, colors, block)
         }
         return styles, None
     firsts = list(dict.fromkeys(p[0] for p in parts))

@@ -5,6 +5,7 @@ docs dependency, so it runs with the test suite and fails as soon as a new publi
 """
 
 import __future__
+
 import importlib
 import json
 import re
@@ -93,6 +94,12 @@ def test_notebooks_are_numbered():
     assert NOTEBOOKS, "no notebooks found"
     for path in NOTEBOOKS:
         assert re.match(r"^\d\d_\w+\.ipynb$", path.name), f"{path.name}: name notebooks NN_topic.ipynb"
+
+
+def test_every_notebook_is_in_the_site_navigation():
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    absent = [p.name for p in NOTEBOOKS if f"notebooks/{p.name}" not in config]
+    assert not absent, f"add {absent} to the Notebooks section of `nav:` in mkdocs.yml (one line each)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -90,8 +90,10 @@ def test_plot_error_spectrum_uses_the_per_mode_divergence(tmp_path):
 def test_error_vs_nfe_groups_sampler_and_schedule_labels():
     # As `gaussdiff compare` labels its curves: colour = schedule, line style and marker = sampler.
     samplers, schedules = ["ddim", "heun", "euler", "edm-heun"], ["edm", "tangent", "cosine"]
-    results = {f"{a} / {b}": ([10, 20, 40], [3.0 + i, 1.0 + i, 0.5 + i]) for i, (a, b) in
-               enumerate((a, b) for a in samplers for b in schedules)}
+    results = {
+        f"{a} / {b}": ([10, 20, 40], [3.0 + i, 1.0 + i, 0.5 + i])
+        for i, (a, b) in enumerate((a, b) for a in samplers for b in schedules)
+    }
     predictions = {f"ddim / {b}": ([10, 20, 40], [2.0, 0.5, 0.125]) for b in schedules}
     fig = gdj.plot_error_vs_nfe(results, predictions=predictions)
     ax = fig.axes[0]
@@ -101,7 +103,9 @@ def test_error_vs_nfe_groups_sampler_and_schedule_labels():
             line = lines[f"{a} / {b}"]
             assert line.get_color() == lines[f"ddim / {b}"].get_color()
             assert (line.get_linestyle(), line.get_marker()) == (
-                lines[f"{a} / edm"].get_linestyle(), lines[f"{a} / edm"].get_marker())
+                lines[f"{a} / edm"].get_linestyle(),
+                lines[f"{a} / edm"].get_marker(),
+            )
     assert len({lines[f"ddim / {b}"].get_color() for b in schedules}) == 3
     assert len({(lines[f"{a} / edm"].get_linestyle(), lines[f"{a} / edm"].get_marker()) for a in samplers}) == 4
     # The legend names each schedule and each sampler once (not 24 entries), and sits outside the axes.

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def execute(path: Path, timeout: int = 600) -> float:
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    resources = {"metadata": {"path": str(path.parent)}}  # run from notebooks/, as nbmake does
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources=resources).execute()
     seconds = time.perf_counter() - start
     for index, cell in enumerate(notebook.cells):  # execution timestamps would make every rerun a diff
         stamps = cell.get("metadata", {}).pop("execution", None)
@@ -37,7 +38,7 @@ def execute(path: Path, timeout: int = 600) -> float:
 
 
 def _seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def main(paths: list[str]) -> None:
