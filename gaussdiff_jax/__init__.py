@@ -17,6 +17,7 @@ from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, 
 # --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
 from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
 from ._core._dtype import cast as cast
+from ._core._model_error import ErrorProfile as ErrorProfile
 from ._core._law import (
     GaussianLaw as GaussianLaw,
     continuous_limit as continuous_limit,
@@ -28,14 +29,20 @@ from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
     RK4 as RK4,
+    AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
     AbstractSampler as AbstractSampler,
     AffineStep as AffineStep,
+    Combination as Combination,
+    DPMSolverMultistep as DPMSolverMultistep,
     EDMHeun as EDMHeun,
     Euler as Euler,
     EulerMaruyama as EulerMaruyama,
     ExponentialIntegrator as ExponentialIntegrator,
     Heun as Heun,
+    JainZhang as JainZhang,
+    Level as Level,
+    StepInfo as StepInfo,
 )
 from ._schedule import (
     EDM as EDM,
@@ -61,7 +68,6 @@ from ._analysis._asymptotics import (
 )
 from ._analysis._ddim_closed_form import ddim_law as ddim_law
 from ._analysis._jain_zhang import (
-    JainZhang as JainZhang,
     JainZhangBoundTerms as JainZhangBoundTerms,
     chain_rule_kl_bound as chain_rule_kl_bound,
     jain_zhang_bound_terms as jain_zhang_bound_terms,
