@@ -17,6 +17,7 @@ from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, 
 # --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
 from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
 from ._core._dtype import cast as cast
+from ._core._errors import error_message as error_message, readable_errors as readable_errors
 from ._core._law import (
     GaussianLaw as GaussianLaw,
     continuous_limit as continuous_limit,

@@ -1,8 +1,9 @@
 """Bad input gets a clear error, never a silent NaN; batches of spectra work.
 
 Outside jit a bad value raises `ValueError` with a message naming the problem (and the fix); inside
-`jax.jit` / `eqx.filter_jit` the same message comes back as equinox's runtime error
-(`eqx.EquinoxRuntimeError`, raised when the result is computed). Shape problems are caught while
+`eqx.filter_jit` the same message comes back as equinox's runtime error (`eqx.EquinoxRuntimeError`, raised
+when the result is computed), inside `jax.jit` as XLA's `JaxRuntimeError` with the message buried in its text,
+and under `gdj.readable_errors()` as the same `ValueError` as outside jit. Shape problems are caught while
 tracing, so they are `ValueError` under jit too.
 """
 
@@ -63,6 +64,49 @@ def test_bad_grids(ts, match):
         _law(LAM, gdj.LinearBeta(), gdj.DDIM(), ts)
     with pytest.raises(JIT_ERROR, match=match):
         jax.block_until_ready(_jit_law(LAM, gdj.LinearBeta(), gdj.DDIM(), ts))
+
+
+def _sample(ts):
+    return gdj.sample_law(gdj.GaussianSource(LAM), gdj.LinearBeta(), gdj.DDIM(), ts).variance
+
+
+@pytest.mark.parametrize("jit", [jax.jit, eqx.filter_jit], ids=["jax.jit", "eqx.filter_jit"])
+def test_jit_errors_read_as_the_package_message(jit):
+    """Under `readable_errors` a bad grid inside jit raises the very `ValueError` raised outside jit: its text is
+    the package's message (so its first line is too). Without it, plain `jax.jit` gives XLA's text, in which the
+    message is a line of its own that `gdj.error_message` recovers."""
+    bad = jnp.array([1.0, 0.5, 0.5, 0.0])
+    with pytest.raises(ValueError) as eager:
+        _sample(bad)
+    message = str(eager.value)
+    assert message.startswith("time grid must be strictly decreasing")
+    with pytest.raises((jax.errors.JaxRuntimeError, JIT_ERROR)) as raw:
+        jax.block_until_ready(jit(_sample)(bad))
+    assert any(line.endswith(message) for line in str(raw.value).splitlines())
+    assert gdj.error_message(raw.value) == message
+    with pytest.raises(ValueError) as readable:
+        with gdj.readable_errors():
+            jax.block_until_ready(jit(_sample)(bad))
+    assert str(readable.value) == message
+    assert isinstance(readable.value.__cause__, (jax.errors.JaxRuntimeError, JIT_ERROR))
+    decorated = gdj.readable_errors()(lambda ts: jax.block_until_ready(jit(_sample)(ts)))
+    with pytest.raises(ValueError, match=r"^time grid must be strictly decreasing"):
+        decorated(bad)
+    assert np.all(np.isfinite(decorated(TS)))  # good input: untouched
+    # A negative eigenvalue (another check, inside the source's constructor) is translated too.
+    with pytest.raises(ValueError, match=r"^GaussianSource: eigenvalues .*negative or NaN"):
+        with gdj.readable_errors():
+            jax.block_until_ready(jit(lambda lam: gdj.GaussianSource(lam).eigenvalues)(jnp.array([0.1, -1.0])))
+
+
+def test_readable_errors_leaves_other_errors_alone():
+    with pytest.raises(RuntimeError, match="unrelated"):
+        with gdj.readable_errors():
+            raise RuntimeError("unrelated")
+    with pytest.raises(ValueError, match="at least 2 points"):  # a trace-time ValueError passes unchanged
+        with gdj.readable_errors():
+            jax.jit(_sample)(jnp.array([1.0]))
+    assert gdj.error_message(RuntimeError("unrelated")) is None
 
 
 def test_fewer_than_one_step():
