@@ -79,6 +79,13 @@ from ._analysis._optimal import (
 )
 
 # --- optimization: learnable modules, optimize, time steps for pretrained models ----------------------
+from ._optimization._grid_scores import (
+    GridComparison as GridComparison,
+    GridScore as GridScore,
+    format_table as format_table,
+    score_grid as score_grid,
+    score_grids as score_grids,
+)
 from ._optimization._learnable import (
     LearnableGrid as LearnableGrid,
     LearnableSchedule as LearnableSchedule,
@@ -88,13 +95,9 @@ from ._optimization._learnable import (
 from ._optimization._optimize import OptimizeResult as OptimizeResult, optimize as optimize
 from ._optimization._timesteps import (
     GridOptimization as GridOptimization,
-    GridScore as GridScore,
     compare_grids as compare_grids,
-    format_table as format_table,
     interpolation_cost as interpolation_cost,
     optimize_grid as optimize_grid,
-    score_grid as score_grid,
-    score_grids as score_grids,
 )
 
 # --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------

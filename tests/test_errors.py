@@ -84,9 +84,8 @@ def test_jit_errors_read_as_the_package_message(jit):
         jax.block_until_ready(jit(_sample)(bad))
     assert any(line.endswith(message) for line in str(raw.value).splitlines())
     assert gdj.error_message(raw.value) == message
-    with pytest.raises(ValueError) as readable:
-        with gdj.readable_errors():
-            jax.block_until_ready(jit(_sample)(bad))
+    with pytest.raises(ValueError) as readable, gdj.readable_errors():
+        jax.block_until_ready(jit(_sample)(bad))
     assert str(readable.value) == message
     assert isinstance(readable.value.__cause__, (jax.errors.JaxRuntimeError, JIT_ERROR))
     decorated = gdj.readable_errors()(lambda ts: jax.block_until_ready(jit(_sample)(ts)))
@@ -94,18 +93,16 @@ def test_jit_errors_read_as_the_package_message(jit):
         decorated(bad)
     assert np.all(np.isfinite(decorated(TS)))  # good input: untouched
     # A negative eigenvalue (another check, inside the source's constructor) is translated too.
-    with pytest.raises(ValueError, match=r"^GaussianSource: eigenvalues .*negative or NaN"):
-        with gdj.readable_errors():
-            jax.block_until_ready(jit(lambda lam: gdj.GaussianSource(lam).eigenvalues)(jnp.array([0.1, -1.0])))
+    negative = jnp.array([0.1, -1.0])
+    with pytest.raises(ValueError, match=r"^GaussianSource: eigenvalues .*negative or NaN"), gdj.readable_errors():
+        jax.block_until_ready(jit(lambda lam: gdj.GaussianSource(lam).eigenvalues)(negative))
 
 
 def test_readable_errors_leaves_other_errors_alone():
-    with pytest.raises(RuntimeError, match="unrelated"):
-        with gdj.readable_errors():
-            raise RuntimeError("unrelated")
-    with pytest.raises(ValueError, match="at least 2 points"):  # a trace-time ValueError passes unchanged
-        with gdj.readable_errors():
-            jax.jit(_sample)(jnp.array([1.0]))
+    with pytest.raises(RuntimeError, match="unrelated"), gdj.readable_errors():
+        raise RuntimeError("unrelated")
+    with pytest.raises(ValueError, match="at least 2 points"), gdj.readable_errors():  # trace time: unchanged
+        jax.jit(_sample)(jnp.array([1.0]))
     assert gdj.error_message(RuntimeError("unrelated")) is None
 
 

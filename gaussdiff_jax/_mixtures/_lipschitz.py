@@ -24,8 +24,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._core._errors import is_concrete
-from ._mixture import GaussianMixture, covariance_crossings
 from .._schedule import AbstractSchedule
+from ._mixture import GaussianMixture, covariance_crossings
 
 Kind = Literal["exact", "tight_bound", "unbounded", "no_closed_form"]
 
