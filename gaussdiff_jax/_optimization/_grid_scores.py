@@ -284,13 +284,12 @@ class Stages:
 
 
 def _number(x: float, digits: int) -> str:
-    """Compact: 4 significant digits, scientific (no '+', no zero padding) from 1e5 up."""
-    if not np.isfinite(x):
-        return str(x)
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        mantissa, exponent = f"{x:.{max(digits - 2, 0)}e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{x:.{digits}g}"
+    """`digits` significant digits; exponents without '+' or zero padding (1.129e4, as in the README)."""
+    text = f"{x:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
 
 
 def format_table(rows: dict[int, list[GridScore]], *, digits: int = 4, bold_best: bool = True) -> str:

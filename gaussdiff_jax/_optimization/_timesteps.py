@@ -413,16 +413,21 @@ def compare_grids(
     The README's pretrained-model table (CIFAR-10 spectrum, diffusers' `linear` table, DDIM):
 
     ```python
-    import jax.numpy as jnp
+    import jax
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
     import gaussdiff_jax as gdj
 
-    floor = (2 / 255) ** 2 / 12  # uniform dequantization noise of 8-bit pixels in [-1, 1]: KL to the data finite
-    src = gdj.GaussianSource(jnp.maximum(gdj.spectra.load("cifar10"), floor))
+    # Floor the eigenvalues at the dequantization noise of 8-bit pixels in [-1, 1] (uniform, step 2/255): the 9
+    # zero eigenvalues of the bundled spectrum would make the KL to the data infinite.
+    floor = (2 / 255) ** 2 / 12
+    src = gdj.GaussianSource(np.maximum(gdj.spectra.load("cifar10"), floor))
     table = gdj.compare_grids(
         src, gdj.Discrete.from_diffusers("linear"), gdj.DDIM(), [5, 10, 20, 50],
         metrics=("kl", "w2"), steps=500, progress=True,
     )
-    print(table)
+    print(table)  # Markdown: one row per grid, one column per NFE, cells "KL / W2"
     ```
     """
     for metric in metrics:
