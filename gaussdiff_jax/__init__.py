@@ -98,7 +98,17 @@ from ._optimization._learnable import (
     TimeWarp as TimeWarp,
     WarpedSchedule as WarpedSchedule,
 )
+from ._optimization._network_error import (
+    GaussianFit as GaussianFit,
+    fit_gaussian as fit_gaussian,
+    measure_error_profile as measure_error_profile,
+)
 from ._optimization._optimize import OptimizeResult as OptimizeResult, optimize as optimize
+from ._optimization._select import (
+    Candidate as Candidate,
+    TimestepSelection as TimestepSelection,
+    select_timesteps as select_timesteps,
+)
 from ._optimization._timesteps import (
     GridOptimization as GridOptimization,
     compare_grids as compare_grids,

@@ -136,20 +136,33 @@ def _better_of(reference: GridScore, times, name: str, metric: Metric, context, 
 
 
 def _integer_polish(source, schedule, sampler, ts, metric, *, options, max_rounds=200):
-    """Coordinate search over training indices (both ends fixed; a clean end's evaluation point is free),
-    scored in batches.
-
-    Each round tries moving every free point by +-1, +-2, +-4, ... indices (as far as its neighbours allow),
-    then also the combinations of every point's best improving move (all of them, and those of every other
-    point), and takes the best of all these grids if it improves; it stops when no single move improves.
-    The +-1, +-2 moves are the previous search's whole neighbourhood, so its local optima are local optima
-    here too; the longer moves and the combined moves cross a 1000-index table in tens of rounds where unit
-    moves one point at a time took hundreds. All grids of a round are scored in batched calls of one fixed
-    size (`grid_errors`), so nothing recompiles from round to round (nor from the baselines' scoring).
+    """Coordinate search over training indices for KL or W2 (both ends fixed; see `integer_search`).
 
     **Returns:** `(grid, rounds, converged)`.
     """
-    T = schedule.num_train_timesteps
+
+    def value(grids):
+        k, w = grid_errors(source, schedule, sampler, grids, **options)
+        return k if metric == "kl" else w
+
+    return integer_search(ts, schedule.num_train_timesteps, value, free_start=False, max_rounds=max_rounds)
+
+
+def integer_search(ts, num_train_timesteps: int, value, *, free_start: bool = False, max_rounds: int = 200):
+    """Coordinate search over training indices of a grid `ts` (a clean end's evaluation point is free).
+
+    `value(grids)` scores a stack of grids `(G, N+1)` (lower is better). Each round tries moving every free
+    point by +-1, +-2, +-4, ... indices (as far as its neighbours allow), then also the combinations of every
+    point's best improving move (all of them, and those of every other point), and takes the best of all these
+    grids if it improves; it stops when no single move improves. The +-1, +-2 moves are the previous search's
+    whole neighbourhood, so its local optima are local optima here too; the longer moves and the combined moves
+    cross a 1000-index table in tens of rounds where unit moves one point at a time took hundreds. With
+    `free_start` the first evaluation point may move too (down from the last training index), e.g. to skip the
+    highest noise levels where a network is poor. All grids of a round are scored in batched calls.
+
+    **Returns:** `(grid, rounds, converged)`.
+    """
+    T = int(num_train_timesteps)
     ts = np.asarray(ts, dtype=np.float64)
     clean = ts[-1] == 0.0
     idx = np.round(ts[: -1 if clean else None] * T - 1).astype(np.int64)
@@ -158,32 +171,30 @@ def _integer_polish(source, schedule, sampler, ts, metric, *, options, max_round
         g = (indices + 1.0) / T
         return np.concatenate([g, np.zeros((g.shape[0], 1))], axis=1) if clean else g
 
-    last = idx.shape[0] - (0 if clean else 1)  # movable: 1 .. last-1
+    first = 0 if free_start else 1
+    last = idx.shape[0] - (0 if clean else 1)  # movable: first .. last-1
     moves = 2 ** np.arange(max(int(T).bit_length(), 1))
     moves = np.concatenate([-moves, moves])
 
-    def value(indices):
-        k, w = grid_errors(source, schedule, sampler, to_grids(indices), **options)
-        return k if metric == "kl" else w
-
-    current = float(value(idx[None])[0])
+    current = float(value(to_grids(idx[None]))[0])
     for rounds in range(max_rounds):
-        point = np.repeat(np.arange(1, last), moves.shape[0])
-        target = idx[point] + np.tile(moves, max(last - 1, 0))
+        point = np.repeat(np.arange(first, last), moves.shape[0])
+        target = idx[point] + np.tile(moves, max(last - first, 0))
         lower = np.append(idx, -1)[point + 1]
-        valid = (lower < target) & (target < idx[point - 1])
+        upper = np.concatenate([[T], idx])[point]  # the point before (or T for the first point)
+        valid = (lower < target) & (target < upper)
         point, target = point[valid], target[valid]
         if point.shape[0] == 0:
             return to_grids(idx[None])[0], rounds, True
         candidates = np.repeat(idx[None], point.shape[0], axis=0)
         candidates[np.arange(point.shape[0]), point] = target
-        vals = value(candidates)
+        vals = value(to_grids(candidates))
         if not vals.min() < current:
             return to_grids(idx[None])[0], rounds, True
         combined = _combined_moves(idx, point, target, vals, current)
         if combined.shape[0]:
             candidates = np.concatenate([candidates, combined])
-            vals = np.concatenate([vals, value(combined)])
+            vals = np.concatenate([vals, value(to_grids(combined))])
         best = int(np.argmin(vals))
         idx, current = candidates[best], float(vals[best])
     return to_grids(idx[None])[0], max_rounds, False
