@@ -185,8 +185,12 @@ def test_lbfgs_and_adam_reach_tangent_gamma():
 
     lbfgs = gdj.optimize(loss, gdj.Tangent(1.0), optimizer=optax.lbfgs(), steps=100, tol=1e-15, progress=False)
     adam = gdj.optimize(
-        loss, gdj.Tangent(1.0), optimizer=optax.adam(optax.cosine_decay_schedule(0.02, 1500)), steps=1500,
-        tol=1e-15, progress=False,
+        loss,
+        gdj.Tangent(1.0),
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.02, 1500)),
+        steps=1500,
+        tol=1e-15,
+        progress=False,
     )
     assert lbfgs.num_steps < 100
     np.testing.assert_allclose(float(lbfgs.module.gamma), expected, rtol=1e-6)
@@ -206,18 +210,19 @@ def test_no_retrace_on_second_call():
     first = gdj.optimize(loss, gdj.LearnableGrid(4), optimizer=optax.lbfgs(), steps=30, args=lam, progress=False)
     count = len(traces)
     assert count > 0
-    second = gdj.optimize(loss, gdj.LearnableGrid(4), optimizer=optax.lbfgs(), steps=12, tol=1e-6, args=lam,
-                          progress=False)
-    other = gdj.optimize(loss, gdj.LearnableGrid(4), optimizer=optax.lbfgs(), steps=30, args=lam * 3,
-                         progress=False)
+    second = gdj.optimize(
+        loss, gdj.LearnableGrid(4), optimizer=optax.lbfgs(), steps=12, tol=1e-6, args=lam, progress=False
+    )
+    other = gdj.optimize(loss, gdj.LearnableGrid(4), optimizer=optax.lbfgs(), steps=30, args=lam * 3, progress=False)
     assert len(traces) == count
     np.testing.assert_allclose(second.losses, first.losses[: second.losses.shape[0]], rtol=1e-12)
     assert other.losses[0] != first.losses[0]
     # A different optimizer configuration is not mistaken for the cached one: Adam's first step moves every
     # parameter by the learning rate, so x = 1 - lr after one step.
     for lr in (0.1, 0.3):
-        result = gdj.optimize(lambda x: jnp.sum(x**2), jnp.ones(2), optimizer=optax.adam(lr), steps=1, tol=0.0,
-                              progress=False)
+        result = gdj.optimize(
+            lambda x: jnp.sum(x**2), jnp.ones(2), optimizer=optax.adam(lr), steps=1, tol=0.0, progress=False
+        )
         np.testing.assert_allclose(result.losses, [2.0, 2 * (1 - lr) ** 2], rtol=1e-6)  # Adam eps = 1e-8
 
 
@@ -226,22 +231,29 @@ def test_reusing_line_search_evaluations_changes_nothing():
     # transformation after the line search disables that (a fresh evaluation each step): same iterates.
     loss, _ = _isotropic_grid_problem(num_steps=6)
     reused = gdj.optimize(loss, gdj.LearnableGrid(6), optimizer=optax.lbfgs(), steps=15, tol=0.0, progress=False)
-    fresh = gdj.optimize(loss, gdj.LearnableGrid(6), optimizer=optax.chain(optax.lbfgs(), optax.identity()),
-                         steps=15, tol=0.0, progress=False)
+    fresh = gdj.optimize(
+        loss,
+        gdj.LearnableGrid(6),
+        optimizer=optax.chain(optax.lbfgs(), optax.identity()),
+        steps=15,
+        tol=0.0,
+        progress=False,
+    )
     np.testing.assert_allclose(reused.losses, fresh.losses, rtol=1e-12)
     # The same for a backtracking line search that stores its gradient.
     backtracking = [
         optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=s))
         for s in (True, False)
     ]
-    a, b = (gdj.optimize(loss, gdj.LearnableGrid(6), optimizer=o, steps=15, tol=0.0, progress=False)
-            for o in backtracking)
+    a, b = (
+        gdj.optimize(loss, gdj.LearnableGrid(6), optimizer=o, steps=15, tol=0.0, progress=False) for o in backtracking
+    )
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-12)
     assert a.losses[-1] < 0.9 * a.losses[0]
 
 
 def test_float32_lbfgs_stops():
-    loss, optimum = _isotropic_grid_problem(num_steps=8, dim=3)
+    _, optimum = _isotropic_grid_problem(num_steps=8, dim=3)
     source = gdj.cast(gdj.GaussianSource(np.full(3, 2.0)), jnp.float32)
     base = gdj.cast(gdj.Tangent(1.0), jnp.float32)
 
@@ -274,8 +286,14 @@ def test_nonfinite_loss_raises_with_the_best_module():
 def test_progress_reports_and_checks():
     loss, _ = _isotropic_grid_problem()
     calls = []
-    result = gdj.optimize(loss, gdj.LearnableGrid(5), optimizer=optax.adam(0.05), steps=40, tol=0.0,
-                          progress=lambda step, value: calls.append((step, value)))
+    result = gdj.optimize(
+        loss,
+        gdj.LearnableGrid(5),
+        optimizer=optax.adam(0.05),
+        steps=40,
+        tol=0.0,
+        progress=lambda step, value: calls.append((step, value)),
+    )
     assert calls, "the progress callback never fired"
     steps = [step for step, _ in calls]
     assert steps == sorted(steps) and steps[-1] == result.num_steps == 40
@@ -291,6 +309,5 @@ def test_progress_reports_and_checks():
     source = gdj.GaussianSource(SPECTRUM)
     module = (gdj.LearnableGrid(4), gdj.Tangent(0.8))
     spec = (True, False)
-    result = gdj.optimize(lambda m: _kl(source, m[1], m[0].times()), module, steps=20, filter_spec=spec,
-                          progress=False)
+    result = gdj.optimize(lambda m: _kl(source, m[1], m[0].times()), module, steps=20, filter_spec=spec, progress=False)
     assert float(result.module[1].gamma) == 0.8 and result.losses[-1] < result.losses[0]

@@ -56,7 +56,6 @@ class _Carry(NamedTuple):
     best_params: Any
     best_value: Any  # +inf until a finite loss is seen
     status: Any  # int32, one of _RUNNING, ...
-    grad_norm: Any  # of the last loss evaluated (for the report)
 
 
 def optimize(
@@ -117,7 +116,7 @@ def optimize(
     """
     if int(steps) != steps or int(steps) < 0:
         raise ValueError(f"optimize: steps must be an integer >= 0; got {steps}.")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+    if not (isinstance(tol, (int, float, np.floating)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"optimize: tol must be a finite number >= 0; got {tol!r}.")
     optimizer = optax.lbfgs() if optimizer is None else optimizer
     params, static = eqx.partition(module, filter_spec)
@@ -129,7 +128,7 @@ def optimize(
     chunks, status = [], _RUNNING
     try:
         limit = _CHUNK if report.bar is None and report.callback is None else 4
-        steps_, tol_ = np.asarray(steps, np.int32), np.asarray(tol, np.float64)
+        steps_, tol_ = np.asarray(steps, np.int32), np.asarray(tol, jnp.result_type(float))
         pending = _chunk(carry, np.asarray(limit, np.int32), steps_, tol_, problem)
         while True:
             # Speculative next chunk: it exits at once if `pending` finished; otherwise the device keeps busy.
@@ -146,11 +145,11 @@ def optimize(
     losses = np.concatenate(chunks) if chunks else np.zeros(0)
     result = OptimizeResult(eqx.combine(carry.best_params, static), losses, _STATUS[int(status)])
     if status == _NONFINITE:
-        raise _nonfinite_error(result, float(jax.device_get(carry.grad_norm)))
+        raise _nonfinite_error(result)
     return result
 
 
-def _nonfinite_error(result: OptimizeResult, grad_norm: float) -> FloatingPointError:
+def _nonfinite_error(result: OptimizeResult) -> FloatingPointError:
     step, value = result.num_steps, float(result.losses[-1])
     what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient is not finite (loss {value:.6g})"
     error = FloatingPointError(
@@ -211,7 +210,9 @@ def _signature(value, depth: int):
         return _Same(value)
     cells = tuple(_signature(c.cell_contents, depth + 1) if _filled(c) else "<empty>" for c in value.__closure__ or ())
     names = value.__globals__
-    globals_ = tuple(_Same(names[n]) if not isinstance(names[n], _PLAIN) else names[n] for n in code.co_names if n in names)
+    globals_ = tuple(
+        _Same(names[n]) if not isinstance(names[n], _PLAIN) else names[n] for n in code.co_names if n in names
+    )
     defaults = _signature(value.__defaults__ or (), depth + 1)
     kwdefaults = _signature(tuple(sorted((value.__kwdefaults__ or {}).items())), depth + 1)
     return ("function", code, cells, globals_, defaults, kwdefaults)
@@ -219,7 +220,7 @@ def _signature(value, depth: int):
 
 def _filled(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:  # an empty cell (a variable not assigned yet)
         return False
     return True
@@ -261,17 +262,15 @@ def _start(params, problem) -> _Carry:
     # dtype promotion.
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
-    nan = jnp.full((), jnp.nan, value.dtype)
     return _strong(
         _Carry(
             params=params,
             opt_state=opt_state,
             step=jnp.zeros((), jnp.int32),
-            previous=nan,
+            previous=jnp.full((), jnp.nan, value.dtype),
             best_params=params,
             best_value=jnp.full((), jnp.inf, value.dtype),
             status=jnp.full((), _RUNNING, jnp.int32),
-            grad_norm=nan,
         )
     )
 
@@ -364,7 +363,6 @@ def _chunk(carry: _Carry, limit, steps, tol, problem):
             best_params=best_params,
             best_value=jnp.where(improved, value, c.best_value),
             status=status,
-            grad_norm=grad_norm,
         )
         return c, history.at[i].set(value), i + 1
 
