@@ -12,7 +12,10 @@ The cache is switched on for the subprocess by environment (`JAX_COMPILATION_CAC
 directory, the minimum compile time and entry size set to 0 so that every program is cached); the runs without
 it also pass `--no-compile-cache` when the CLI has that flag (its own cache, when merged, may pick another
 directory: then "cache cold" is only cold if that directory was empty).
-Each row also gives the CLI's own record of the optimization time (`optimization.seconds` in result.json) and
+JAX does not write programs that contain host callbacks to the persistent cache, and equinox's runtime checks
+(`eqx.error_if`, used for input validation inside jit) are host callbacks: `--nan-checks` adds runs with
+`EQX_ON_ERROR=nan` (checks turned into NaNs, no callbacks), which shows what the cache gives when every program is
+cacheable. Each row also gives the CLI's own record of the optimization time (`optimization.seconds` in result.json) and
 the interpreter start-up (`python -c "import gaussdiff_jax"`), for the split of the wall time.
 
 Run: `PYTHONPATH=. python benchmarks/bench_quickstart.py [--repeats 2] [--extra "--optimizer lbfgs"]`.
@@ -62,6 +65,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--extra", default="", help="extra CLI arguments, e.g. '--optimizer lbfgs'")
+    parser.add_argument("--nan-checks", action="store_true", help="also runs with EQX_ON_ERROR=nan (see below)")
     options = parser.parse_args()
     extra = shlex.split(options.extra)
     flag = cli_has_cache_flag()
@@ -89,6 +93,14 @@ def main():
         for k in range(options.repeats):
             runs["cache warm"].append(run(extra, cached_env, tmp / f"warm{k}"))
         entries = sum(1 for _ in cache.rglob("*") if _.is_file()) if cache.exists() else 0
+        if options.nan_checks:
+            # JAX does not cache programs with host callbacks, and equinox's runtime checks are host callbacks:
+            # with EQX_ON_ERROR=nan they become NaNs and every program is cacheable (what the cache could give).
+            nan_env = dict(cached_env, JAX_COMPILATION_CACHE_DIR=str(tmp / "cache_nan"), EQX_ON_ERROR="nan")
+            runs["EQX_ON_ERROR=nan, cache cold"] = [run(extra, nan_env, tmp / "nan_cold")]
+            runs["EQX_ON_ERROR=nan, cache warm"] = [
+                run(extra, nan_env, tmp / f"nan{k}") for k in range(options.repeats)
+            ]
         for name, values in runs.items():
             walls, opts = zip(*values)
             rows.append(
