@@ -36,6 +36,28 @@ from jaxtyping import Array, ArrayLike, Bool
 _MESSAGES: set[str] = set()
 
 
+class checks_as_nan(contextlib.ContextDecorator):
+    """While tracing inside this context, a failed check inside jit turns its value into NaN (or leaves an
+    integer / boolean unchanged) instead of attaching a run-time error.
+
+    Run-time errors are host callbacks, and JAX does not put programs with host callbacks in its persistent
+    compilation cache. Code whose inputs were already validated outside jit (the CLI), or that detects a
+    non-finite result and then re-runs the computation with the checks on to report the message
+    (`gdj.optimize`), traces under this context so that its compiled programs are cached across runs.
+    Concrete checks (outside jit) still raise `ValueError` at once.
+    """
+
+    depth = 0
+
+    def __enter__(self):
+        checks_as_nan.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        checks_as_nan.depth -= 1
+        return False
+
+
 def is_concrete(*xs) -> bool:
     """True when none of `xs` is a tracer (so their values can be inspected in Python)."""
     return not any(isinstance(leaf, jax.core.Tracer) for x in xs for leaf in jax.tree_util.tree_leaves(x))
@@ -59,6 +81,10 @@ def check(x: Array, bad: Bool[ArrayLike, "..."], message: str) -> Array:
     if is_concrete(bad):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
+        return x
+    if checks_as_nan.depth:
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.where(jnp.any(bad), jnp.nan, x)
         return x
     # Route the check through a scalar and tie it to `x` by adding that (zero) scalar: passing the whole
     # of `x` through `error_if` would make a sharded `x` gather onto one device (the error branch is a

@@ -11,6 +11,7 @@ neither does a different `steps` or `tol` (both are traced arguments).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from .._core._errors import checks_as_nan, error_message
 
 # Iterations per chunk: the size of a chunk's loss-history buffer, and the most iterations one dispatch runs.
 _CHUNK = 128
@@ -145,16 +148,26 @@ def optimize(
     losses = np.concatenate(chunks) if chunks else np.zeros(0)
     result = OptimizeResult(eqx.combine(carry.best_params, static), losses, _STATUS[int(status)])
     if status == _NONFINITE:
-        raise _nonfinite_error(result)
+        raise _nonfinite_error(result, _check_message(problem, carry.params))
     return result
 
 
-def _nonfinite_error(result: OptimizeResult) -> FloatingPointError:
+def _check_message(problem, params) -> str | None:
+    """The package's input-check message for the loss at `params`, if one of its checks fails there."""
+    try:
+        jax.block_until_ready(_checked_value(problem, params))
+    except Exception as error:  # a run-time check error from jitted code (or a ValueError from a concrete check)
+        return error_message(error)
+    return None
+
+
+def _nonfinite_error(result: OptimizeResult, check: str | None = None) -> FloatingPointError:
     step, value = result.num_steps, float(result.losses[-1])
     what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient is not finite (loss {value:.6g})"
+    cause = f" The loss's input check failed there: {check}" if check else ""
     error = FloatingPointError(
-        f"optimize: {what} at step {step}. Lower the learning rate, start from a valid point (a finite loss), "
-        "or check that the loss is defined on the whole parameter space."
+        f"optimize: {what} at step {step}.{cause} Lower the learning rate, start from a valid point (a finite "
+        "loss), or check that the loss is defined on the whole parameter space."
     )
     error.result = result
     return error
@@ -239,11 +252,19 @@ class _Loss:
         return isinstance(other, _Loss) and other.value is self.value
 
 
-def _value_of(problem, params):
+def _value_of(problem, params, *, checked: bool = False):
+    """The loss. Traced with the package's input checks as NaN (no host callbacks: the compiled loop can enter
+    JAX's persistent compilation cache); a non-finite loss is then re-run `checked` to report the message."""
     loss_fn, _, static, args = problem
     loss_fn = loss_fn.value
     full = eqx.combine(params, static)
-    return loss_fn(full) if args is None else loss_fn(full, args)
+    with contextlib.nullcontext() if checked else checks_as_nan():
+        return loss_fn(full) if args is None else loss_fn(full, args)
+
+
+@eqx.filter_jit
+def _checked_value(problem, params):
+    return _value_of(problem, params, checked=True)
 
 
 def _strong(tree):
