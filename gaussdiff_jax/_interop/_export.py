@@ -29,6 +29,7 @@ the predicted $x_0$, which no Gaussian law accounts for.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import warnings
@@ -40,10 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .. import _schedule
-from ._grid import is_clean, training_indices
 from .._core._law import validate_grid
 from .._schedule import AbstractSchedule, Discrete, RectifiedFlow
+from ._grid import is_clean, training_indices
 
 Kind = Literal["timesteps", "sigmas", "flow_sigmas"]
 
@@ -56,8 +56,19 @@ def _grid(ts) -> np.ndarray:
     return np.asarray(validate_grid(jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
 
 
+@eqx.filter_jit
+def _sigma_compiled(schedule: AbstractSchedule, ts):
+    return schedule.sigma(ts)
+
+
+def sigma_of(schedule: AbstractSchedule, ts) -> np.ndarray:
+    """`schedule.sigma(ts)` as float64 numbers, compiled once per schedule structure and grid length (an
+    eager call re-traces schedules built on `lax.scan`, e.g. the Euler-Lagrange optimum, every time)."""
+    return np.asarray(_sigma_compiled(schedule, jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
+
+
 def _sigmas(ts: np.ndarray, schedule: AbstractSchedule) -> np.ndarray:
-    sig = np.asarray(schedule.sigma(jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
+    sig = sigma_of(schedule, ts)
     if not np.all(np.isfinite(sig)):
         raise ValueError(
             f"{type(schedule).__name__} has infinite sigma at t = {ts[~np.isfinite(sig)][0]} (alpha_bar = 0): "
@@ -273,8 +284,23 @@ def to_k_diffusion(
 
 
 # --- JSON ------------------------------------------------------------------------------------------
+#
+# One format for every grid this package writes: `to_json`, and the results of the `gaussdiff` command
+# (`eval.json`, `optimize`'s `result.json`, `compare.json`). A document is a JSON object with
+# `"format": "gaussdiff_jax.grid"`, `"version": 1` and either a grid at the top level (`"times"`, optional
+# `"schedule"`, `"sigmas"`) or a list `"candidates"` of such grids (with their own extra keys), or both.
+# Schedules are stored as `{"__class__": name, field: value, ...}` (nested for wrappers); non-finite
+# floats as the strings "inf", "-inf", "nan" (strict JSON has no infinity). `times` and `schedule` define
+# a grid; `sigmas` (null where infinite) are derived and checked on reading, so an edit to one of them
+# alone is an error instead of being silently ignored.
 
 _FORMAT = "gaussdiff_jax.grid"
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _float(x: float):
+    x = float(x)
+    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
 
 
 def _encode(obj):
@@ -285,31 +311,73 @@ def _encode(obj):
         return out
     if isinstance(obj, (jnp.ndarray, np.ndarray)):
         arr = np.asarray(obj, dtype=np.float64)
-        return arr.tolist() if arr.ndim else float(arr)
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return _float(arr) if arr.ndim == 0 else np.vectorize(_float, otypes=[object])(arr).tolist()
+    if isinstance(obj, float):
+        return _float(obj)
+    if isinstance(obj, (bool, int, str)) or obj is None:
         return obj
     raise ValueError(f"to_json: cannot encode a {type(obj).__name__}.")
 
 
 def _schedule_classes() -> dict[str, type]:
-    from .._optimization import _learnable
+    """Every schedule class defined so far (all of the package's, and users' subclasses), and `TimeWarp`."""
+    from .._optimization._learnable import TimeWarp
 
-    classes = {n: getattr(_schedule, n) for n in dir(_schedule) if isinstance(getattr(_schedule, n), type)}
-    classes.update({n: getattr(_learnable, n) for n in ("WarpedSchedule", "TimeWarp")})
-    return classes
+    found, todo = {"TimeWarp": TimeWarp}, [AbstractSchedule]
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            todo.append(cls)
+            if not getattr(cls, "__abstractmethods__", None):
+                found.setdefault(cls.__name__, cls)
+    return found
 
 
-def _decode(obj):
+def _number(v):
+    return [_number(x) for x in v] if isinstance(v, list) else _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
+def _decode_value(obj):
     if isinstance(obj, dict) and "__class__" in obj:
-        classes = _schedule_classes()
-        cls = classes.get(obj["__class__"])
-        if cls is None:
-            raise ValueError(f"from_json: unknown schedule class {obj['__class__']!r}.")
-        kwargs = {k: _decode(v) for k, v in obj.items() if k != "__class__"}
-        return cls(**kwargs)
+        return _decode_module(obj)
     if isinstance(obj, list):
-        return np.asarray(obj, dtype=np.float64)
-    return obj
+        return np.asarray(_number(obj), dtype=np.float64)
+    return _number(obj)
+
+
+def _decode_module(obj: dict):
+    name = obj["__class__"]
+    cls = _schedule_classes().get(name)
+    if cls is None:
+        raise ValueError(f"from_json: unknown schedule class {name!r}.")
+    params = inspect.signature(cls.__init__).parameters
+    given = {k for k in obj if k != "__class__"}
+    unknown = sorted(given - set(params))
+    missing = [p for p, v in params.items() if p != "self" and v.default is v.empty and p not in given]
+    if unknown or missing:
+        what = f"unknown field(s) {unknown}" if unknown else f"missing field(s) {missing}"
+        raise ValueError(f"from_json: cannot rebuild {name}: {what} (it takes {[p for p in params if p != 'self']}).")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _decode_value(obj[k]) for k in given}
+    for k, v in kwargs.items():  # array fields come back as arrays (JSON cannot tell 1.0 from array(1.0))
+        if k in fields and not fields[k].metadata.get("static") and isinstance(v, (float, int, np.ndarray)):
+            kwargs[k] = jnp.asarray(v, dtype=jnp.result_type(float))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, eqx.EquinoxRuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"from_json: invalid {name} parameters ({reason}).") from None
+
+
+def grid_fields(ts: Float[ArrayLike, " N+1"], schedule: AbstractSchedule | None = None) -> dict[str, Any]:
+    """The JSON fields of one grid: `times`, `num_steps`, and with a schedule `schedule` and `sigmas`
+    (null where infinite). What `to_json` writes at the top level and the command writes per candidate."""
+    ts = _grid(ts)
+    out: dict[str, Any] = {"times": ts.tolist(), "num_steps": int(ts.shape[0] - 1)}
+    if schedule is not None:
+        out["schedule"] = _encode(schedule)
+        sig = sigma_of(schedule, ts)
+        out["sigmas"] = [float(s) if math.isfinite(s) else None for s in sig]
+    return out
 
 
 def to_json(
@@ -322,39 +390,83 @@ def to_json(
     r"""Serialize a grid (and optionally its schedule and free-form `metadata`) to JSON.
 
     Stores the times (full float64 precision), and with a schedule also its parameters, the sigmas
-    (`to_k_diffusion` form) and, for a `Discrete` schedule with an integer grid, the diffusers timesteps.
-    `from_json` reads it back.
+    (null where infinite) and, for a `Discrete` schedule with an integer grid, the diffusers timesteps.
+    `from_json` reads it back (and every result of the `gaussdiff` command: see the format notes above).
     """
-    ts = _grid(ts)
-    doc: dict[str, Any] = {"format": _FORMAT, "version": 1, "times": ts.tolist(), "num_steps": int(ts.shape[0] - 1)}
-    if schedule is not None:
-        doc["schedule"] = _encode(schedule)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExportWarning)
-            doc["sigmas"] = to_k_diffusion(ts, schedule) if np.isfinite(_sigma0(ts, schedule)) else None
-            if isinstance(schedule, Discrete) and ts[-1] == 0.0:
-                try:
-                    doc["diffusers_timesteps"] = to_diffusers(ts, schedule, "timesteps")
-                except ValueError:
-                    pass  # not on training indices
+    doc: dict[str, Any] = {"format": _FORMAT, "version": 1, **grid_fields(ts, schedule)}
+    if isinstance(schedule, Discrete) and doc["times"][-1] == 0.0:
+        try:
+            doc["diffusers_timesteps"] = to_diffusers(ts, schedule, "timesteps")
+        except ValueError:
+            pass  # not on training indices
     if metadata is not None:
         doc["metadata"] = dict(metadata)
-    return json.dumps(doc, indent=indent)
+    return json.dumps(doc, indent=indent, allow_nan=False)
 
 
-def _sigma0(ts, schedule):
-    return float(schedule.sigma(jnp.asarray(ts[0])))
+def _check_sigmas(ts: np.ndarray, schedule: AbstractSchedule, stored, where: str):
+    ours = sigma_of(schedule, ts)
+    if not isinstance(stored, list) or len(stored) != ours.shape[0]:
+        raise ValueError(f"from_json: {where}: 'sigmas' must be a list of {ours.shape[0]} numbers (null = infinite).")
+    theirs = np.asarray([math.inf if v is None else v for v in stored], dtype=np.float64)
+    same = (theirs == ours) | np.isclose(theirs, ours, rtol=1e-9, atol=0.0)
+    if not np.all(same):
+        k = int(np.argmin(same))
+        raise ValueError(
+            f"from_json: {where}: 'sigmas' differ from the schedule's sigma(times) at point {k} ({theirs[k]:.6g} vs "
+            f"{ours[k]:.6g}). The times and the schedule define the grid and the sigmas are derived from them: edit "
+            "'times' (or the schedule), and delete 'sigmas' or recompute them."
+        )
+
+
+def _decode_grid(doc, where: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise ValueError(f"from_json: {where} must be a JSON object with 'times'; got {type(doc).__name__}.")  # noqa: TRY004
+    if "times" not in doc:
+        raise ValueError(f"from_json: {where} has no 'times' (the grid's forward times).")
+    try:
+        times = np.asarray(doc["times"], dtype=np.float64)
+        times = validate_grid(jnp.asarray(times, dtype=jnp.result_type(float)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"from_json: {where}: 'times' {str(error).strip().splitlines()[0]}") from None
+    spec = doc.get("schedule")
+    if spec is not None and not (isinstance(spec, dict) and "__class__" in spec):
+        raise ValueError(f"from_json: {where}: 'schedule' must be an object with '__class__' (as to_json writes).")
+    schedule = None if spec is None else _decode_module(spec)
+    if schedule is not None and doc.get("sigmas") is not None:
+        _check_sigmas(np.asarray(times, dtype=np.float64), schedule, doc["sigmas"], where)
+    return {"times": times, "schedule": schedule}
 
 
 def from_json(text: str) -> dict[str, Any]:
-    """Read `to_json` output: a dict with `"times"` (jnp array), `"schedule"` (rebuilt, or `None`),
-    `"num_steps"`, and `"sigmas"`, `"diffusers_timesteps"`, `"metadata"` when stored."""
-    doc = json.loads(text)
+    """Read a grid document: `to_json` output, or a result of the `gaussdiff` command.
+
+    **Returns:** the document as a dict, with `"times"` (a jnp array) and `"schedule"` (rebuilt, or `None`)
+    decoded at the top level when it holds a grid, and in each entry of `"candidates"` when it has them;
+    other keys (`"sigmas"`, `"diffusers_timesteps"`, `"metadata"`, the command's results) as stored.
+
+    **Raises:** `ValueError` with one line saying what is wrong: not JSON, not an object, another format or
+    version, a missing or malformed `times` / `schedule`, unknown schedule classes or fields, or `sigmas`
+    that disagree with the times and schedule (an edit of one without the other).
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"from_json: not JSON ({error.msg} at line {error.lineno}).") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise ValueError(f"from_json: not a {_FORMAT} document.")
+        got = f"a JSON {type(doc).__name__}" if not isinstance(doc, dict) else f"format {doc.get('format')!r}"
+        raise ValueError(f"from_json: not a {_FORMAT} document ({got}); write one with gdj.to_json or gaussdiff.")
     if doc.get("version") != 1:
         raise ValueError(f"from_json: unsupported version {doc.get('version')!r} (this reader knows 1).")
     out = dict(doc)
-    out["times"] = validate_grid(jnp.asarray(doc["times"], dtype=jnp.result_type(float)))
-    out["schedule"] = _decode(doc["schedule"]) if doc.get("schedule") is not None else None
+    candidates = doc.get("candidates")
+    if "times" in doc or candidates is None:
+        out.update(_decode_grid(doc, "the document"))
+    if candidates is not None:
+        if not isinstance(candidates, list) or not candidates:
+            raise ValueError("from_json: 'candidates' must be a non-empty list of grids.")
+        out["candidates"] = [
+            {**c, **_decode_grid(c, f"candidate {k} ({c.get('name', '?') if isinstance(c, dict) else '?'!s})")}
+            for k, c in enumerate(candidates)
+        ]
     return out

@@ -25,6 +25,8 @@ exponential integrator cost 1 network evaluation (NFE) per step; `Heun` (trapezo
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -131,25 +133,84 @@ def time_of_log_snr(
 ) -> Float[Array, "*shape"]:
     r"""Invert the schedule: the time $t \in [t_{\rm lo}, t_{\rm hi}]$ with $\ell(t) =$ `log_snr`.
 
-    Bisection (the log-SNR is decreasing), to float64 round-off; values outside the range of $\ell$ on
-    the interval clip to its ends. Works for every schedule, including learned ones.
+    Multisection (the log-SNR is decreasing): each round evaluates 255 points of every bracket in one
+    compiled call and keeps the sub-interval holding the crossing; 8 rounds shrink it by $2^{64}$, to float64
+    round-off (as 64 bisections would, in 8 calls instead of 64). Values outside the range of $\ell$ on the
+    interval clip to its ends. Works for every schedule, including learned ones.
     """
     target = np.asarray(log_snr, dtype=np.float64)
     lo = np.full(target.shape, float(t_lo))
     hi = np.full(target.shape, float(t_hi))
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        above = _log_snr(schedule, mid) > target  # still too clean: the answer is later
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    fractions = np.arange(1, _PROBES + 1) / (_PROBES + 1)
+    for _ in range(8):
+        points = lo[..., None] + (hi - lo)[..., None] * fractions  # (*shape, probes), increasing in t
+        above = _log_snr(schedule, points) > target[..., None]  # still too clean: the answer is later
+        k = np.sum(above, axis=-1)  # points[k - 1] is above the target, points[k] is not
+        new_lo = np.where(k > 0, np.take_along_axis(points, np.maximum(k - 1, 0)[..., None], -1)[..., 0], lo)
+        hi = np.where(k < _PROBES, np.take_along_axis(points, np.minimum(k, _PROBES - 1)[..., None], -1)[..., 0], hi)
+        lo = new_lo
     return jnp.asarray(0.5 * (lo + hi), dtype=_float_dtype())
 
 
-def time_of_sigma(schedule: AbstractSchedule, sigma: Float[ArrayLike, "*shape"], **bounds) -> Float[Array, "*shape"]:
-    r"""The time at which the schedule's VE noise level $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$ equals `sigma` (> 0)."""
+_PROBES = 255
+
+
+def time_of_sigma(
+    schedule: AbstractSchedule,
+    sigma: Float[ArrayLike, "*shape"],
+    *,
+    t_lo: float = 0.0,
+    t_hi: float = 1.0,
+    clip: bool = False,
+) -> Float[Array, "*shape"]:
+    r"""The time $t \in [t_{\rm lo}, t_{\rm hi}]$ at which the schedule's noise level $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$ equals `sigma`.
+
+    **Arguments:**
+
+    - `schedule`: any schedule (bisection on its log-SNR, to float64 round-off).
+    - `sigma`: noise levels $\ge 0$, any shape. $\sigma = 0$ is allowed where the schedule reaches it
+      (a clean end, e.g. `LinearBeta` at $t = 0$) and $\sigma = \infty$ where it reaches $\bar\alpha = 0$
+      (e.g. `Cosine` at $t = 1$).
+    - `t_lo`, `t_hi`: the time interval searched (default $[0, 1]$).
+    - `clip`: what to do with a level the schedule does not reach on the interval: `False` (default)
+      raises, `True` returns the nearest end.
+
+    Levels within $10^{-9}$ (relative, in log-SNR) of the interval's ends return exactly `t_lo` / `t_hi`,
+    so $\sigma(t_{\max})$ and $\sigma(t_{\min})$ of a grid map back to its ends despite round-off.
+
+    **Raises:** `ValueError` for a negative or NaN level, or (unless `clip`) one outside the schedule's
+    range $[\sigma(t_{\rm lo}), \sigma(t_{\rm hi})]$, naming that range. Out-of-range levels are an error
+    by default because clamping them silently changes the problem (e.g. asking `LinearBeta` for
+    $\sigma = \infty$ would start at its $\sigma(1) \approx 152$).
+    """
     sigma = np.asarray(sigma, dtype=np.float64)
-    if np.any(~(sigma > 0)):
-        raise ValueError("time_of_sigma: sigma must be > 0 (sigma = 0 is the clean end of the schedule).")
-    return time_of_log_snr(schedule, -2.0 * np.log(sigma), **bounds)
+    if np.any(~(sigma >= 0)):
+        raise ValueError(f"time_of_sigma: noise levels must be >= 0 (and not NaN); got {sigma.min()}.")
+    with np.errstate(divide="ignore"):
+        target = -2.0 * np.log(sigma)  # +inf at sigma = 0, -inf at sigma = inf
+    ell_lo, ell_hi = float(_log_snr(schedule, float(t_lo))), float(_log_snr(schedule, float(t_hi)))
+    at_lo, at_hi = _near(target, ell_lo), _near(target, ell_hi)
+    outside = ~(at_lo | at_hi) & ((target > ell_lo) | (target < ell_hi))
+    if np.any(outside) and not clip:
+        bad = float(sigma[outside].flat[0])
+        raise ValueError(
+            f"time_of_sigma: {type(schedule).__name__} does not reach sigma = {bad:.6g} for t in [{t_lo}, {t_hi}]: its "
+            f"noise levels run from {math.exp(-0.5 * ell_lo):.6g} to {math.exp(-0.5 * ell_hi):.6g}. Ask for a level "
+            "in that range (or pass clip=True for the nearest end)."
+        )
+    inside = ~(at_lo | at_hi | outside)  # finite levels strictly inside the range: bisection
+    ts = np.asarray(time_of_log_snr(schedule, np.where(inside, target, 0.0), t_lo=t_lo, t_hi=t_hi))
+    ts = np.where(at_hi | (outside & (target < ell_hi)), float(t_hi), ts)
+    ts = np.where(at_lo | (outside & (target > ell_lo)), float(t_lo), ts)
+    return jnp.asarray(ts, dtype=_float_dtype())
+
+
+def _near(target: np.ndarray, end: float) -> np.ndarray:
+    """Whether log-SNR values equal `end` up to 1e-9 relative (exactly, for an infinite end)."""
+    if not math.isfinite(end):
+        return target == end
+    with np.errstate(invalid="ignore"):
+        return np.abs(target - end) <= 1e-9 * max(1.0, abs(end))
 
 
 def _default_floor(schedule: AbstractSchedule, t_floor: float | None, t_min: float) -> float:
@@ -375,7 +436,8 @@ def align_your_steps(
     levels = loglinear_interp(AYS_SIGMAS[model], n + 1)
     positive = levels[:-1] if clean else levels
     if transfer == "time":
-        ts = np.asarray(time_of_sigma(_stable_diffusion_table(), positive))
+        # The published 14.615 is the table's top level (14.6146...) rounded up: clip it to t = 1.
+        ts = np.asarray(time_of_sigma(_stable_diffusion_table(), positive, clip=True))
     elif transfer == "sigma":
         ell = -2.0 * np.log(positive)
         lo, hi = _log_snr(schedule, 1.0), _log_snr(schedule, t_min)
@@ -487,8 +549,19 @@ _BUILDERS: dict[str, Callable[..., Grid]] = {
     "leading": leading,
     "trailing": trailing,
     "linspace": linspace,
-    "ays_sd15": lambda schedule, n, **kw: align_your_steps(schedule, n, model="sd15", **kw),
-    "ays_sdxl": lambda schedule, n, **kw: align_your_steps(schedule, n, model="sdxl", **kw),
+    "ays_sd15": functools.partial(align_your_steps, model="sd15"),
+    "ays_sdxl": functools.partial(align_your_steps, model="sdxl"),
+}
+_DESCRIPTIONS = {
+    "uniform": "uniform in the schedule's time t",
+    "quadratic": "quadratic in t, dense near the data end (DDIM's 'quad')",
+    "log_snr": "uniform in log-SNR (DPM-Solver's 'logSNR')",
+    "karras": "Karras rho = 7 spacing of the noise levels",
+    "leading": "diffusers' 'leading' spacing (Discrete tables only)",
+    "trailing": "diffusers' 'trailing' spacing (Discrete tables only)",
+    "linspace": "diffusers' 'linspace' spacing (Discrete tables only)",
+    "ays_sd15": "Align Your Steps, Stable Diffusion 1.5's published levels, resampled",
+    "ays_sdxl": "Align Your Steps, SDXL's published levels, resampled",
 }
 _DISCRETE_ONLY = ("leading", "trailing", "linspace")
 
@@ -501,15 +574,35 @@ def available(schedule: AbstractSchedule | None = None) -> list[str]:
     return names
 
 
+def describe(name: str) -> str:
+    """One line on the grid `name` (for help texts)."""
+    _check_name(name)
+    return _DESCRIPTIONS[name]
+
+
+def range_options(name: str) -> tuple[str, ...]:
+    """Which of `t_max`, `t_min` the grid `name` takes. diffusers' spacings span their whole table (neither);
+    Align Your Steps starts at its published top level (only `t_min`)."""
+    _check_name(name)
+    parameters = inspect.signature(_BUILDERS[name]).parameters
+    return tuple(option for option in ("t_max", "t_min") if option in parameters)
+
+
+def _check_name(name: str):
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown grid {name!r}; available: {', '.join(available())}.")
+
+
 def make(
     name: str,
     schedule: AbstractSchedule,
-    nfe: int,
+    nfe: int | None = None,
     *,
+    num_steps: int | None = None,
     sampler: AbstractSampler | None = None,
     **options,
 ) -> Grid:
-    r"""The grid `name` for `schedule` with as many steps as the NFE budget `nfe` allows for `sampler`.
+    r"""The grid `name` for `schedule`, with `num_steps` steps or as many as the NFE budget `nfe` allows.
 
     **Arguments:**
 
@@ -517,14 +610,18 @@ def make(
       `"leading"`, `"trailing"`, `"linspace"` (diffusers spacings, `Discrete` only), `"ays_sd15"`, `"ays_sdxl"`.
     - `schedule`: the model's schedule.
     - `nfe`: network-evaluation budget; the number of steps is `steps_for_nfe(sampler, nfe)`.
-    - `sampler`: default `DDIM()` (1 NFE per step).
-    - `options`: passed to the builder (`t_max`, `t_min`, `t_floor`, `rho`, `steps_offset`, `transfer`, ...).
+    - `num_steps`: the number of steps instead of `nfe` (give exactly one of them).
+    - `sampler`: default `DDIM()` (1 NFE per step); only used with `nfe`.
+    - `options`: passed to the builder (`t_max`, `t_min` where `range_options(name)` lists them, `t_floor`,
+      `rho`, `steps_offset`, `transfer`, ...).
 
     **Returns:** forward times, shape `(steps + 1,)`.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown grid {name!r}; available: {', '.join(available())}.")
-    sampler = DDIM() if sampler is None else sampler
-    t_min = float(options.get("t_min", 0.0))
-    steps = steps_for_nfe(sampler, nfe, ends_clean=is_clean(schedule, t_min))
-    return _BUILDERS[name](schedule, steps, **options)
+    _check_name(name)
+    if (nfe is None) == (num_steps is None):
+        raise ValueError(f"grids.make: give exactly one of nfe and num_steps; got nfe={nfe}, num_steps={num_steps}.")
+    if num_steps is None:
+        sampler = DDIM() if sampler is None else sampler
+        t_min = float(options.get("t_min", 0.0))
+        num_steps = steps_for_nfe(sampler, nfe, ends_clean=is_clean(schedule, t_min))
+    return _BUILDERS[name](schedule, _positive_int(num_steps, "num_steps"), **options)

@@ -1,89 +1,25 @@
-"""The sampling problem of one run: schedules by name, time ranges, grids, evaluation (phase-1 split)."""
+r"""The sampling problem of one run: spectrum, sampler, noise range, and the schedules and grids built on it.
+
+Schedules come by name (`SCHEDULE_HELP`), grids from `gdj.grids` (every name of `gdj.grids.available()`),
+times from `gdj.grids.time_of_sigma`, which refuses noise levels a schedule does not reach: the CLI turns
+that into a one-line error naming the flag, instead of silently clamping (`--sigma-max inf` on linear
+beta used to start at its $\sigma(1) \approx 152$).
+"""
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import inspect
 import json
 import math
-from collections.abc import Sequence
+import re
 from pathlib import Path
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._schedule import AbstractSchedule
-from ._shared import (
-    CLIError,
-    _gdj,
-    _jax,
-    _optional,
-    finite,
-    load_spectrum,
-    make_sampler,
-    nfe_to_steps,
-    one_line,
-)
-
-# ----------------------------------------------------------------------------------------------
-# Schedules
-
-
-class SigmaFloor(AbstractSchedule):
-    r"""$\sigma(t)^2 = \sigma_{\rm base}(t)^2 + \sigma_{\min}^2$: `base` lifted to start at noise level $\sigma_{\min}$.
-
-    Carries the Euler–Lagrange optimum of the spectrum $\lambda + \sigma_{\min}^2$ to the truncated
-    problem: in $\bar x = x/\sqrt{\bar\alpha}$ the probability-flow ODE only depends on $\lambda + \sigma^2$,
-    so shifting $\sigma^2$ by $+\sigma_{\min}^2$ and $\lambda$ by $-\sigma_{\min}^2$ leaves it unchanged
-    (an asymptotic, not an exact finite-$N$, correspondence).
-    """
-
-    base: AbstractSchedule
-    log_floor: float = eqx.field(static=True)
-
-    def log_snr(self, t):
-        # -log(sigma_base^2 + sigma_min^2) = -logaddexp(-l_base, 2 log sigma_min), no overflow at sigma = inf
-        return -jnp.logaddexp(-self.base.log_snr(t), self.log_floor)
-
-
-class SubInterval(AbstractSchedule):
-    r"""`base` on the time interval $[t_{\rm lo}, t_{\rm hi}]$, stretched to $[0, 1]$: $t \mapsto$ `base`$(t_{\rm lo} + (t_{\rm hi} - t_{\rm lo})t)$.
-
-    Lets a `TimeWarp` (which fixes 0 and 1) reshape a schedule between two given noise levels without
-    moving them.
-    """
-
-    base: AbstractSchedule
-    t_lo: float = eqx.field(static=True)
-    t_hi: float = eqx.field(static=True)
-
-    def _t(self, t):
-        return self.t_lo + (self.t_hi - self.t_lo) * jnp.asarray(t)
-
-    def log_snr(self, t):
-        return self.base.log_snr(self._t(t))
-
-    def alpha_bar(self, t):
-        return self.base.alpha_bar(self._t(t))
-
-    def one_minus_alpha_bar(self, t):
-        return self.base.one_minus_alpha_bar(self._t(t))
-
-    def log_alpha_bar(self, t):
-        return self.base.log_alpha_bar(self._t(t))
-
-    def sigma(self, t):
-        return self.base.sigma(self._t(t))
-
-    def beta(self, t):
-        return self.base.beta(self._t(t)) * (self.t_hi - self.t_lo)
-
-    def alpha_bar_increment(self, t, t_next):
-        return self.base.alpha_bar_increment(self._t(t), self._t(t_next))
-
-    def log_alpha_bar_ratio(self, t, t_next):
-        return self.base.log_alpha_bar_ratio(self._t(t), self._t(t_next))
-
+from .._interop._export import sigma_of
+from ._shared import CLIError, cache_dir, gdj, load_spectrum, make_sampler, one_line, sampler_eta, steps_for_nfe
 
 SCHEDULE_HELP = {
     "linear": "linear beta 0.1 -> 20 (Song et al. VP-SDE; DDPM's table in continuous time)",
@@ -92,286 +28,188 @@ SCHEDULE_HELP = {
     "tangent": "tangent law sigma = gamma* tan(...) with the best gamma for the divergence (MATH.md sec. 4)",
     "logsnr": "log-SNR linear in t between --sigma-max and --sigma-min",
     "euler-lagrange": "the Euler-Lagrange optimum of the DDIM leading term (spectrum shifted by sigma_min^2)",
+    "table-linear": "diffusers' 1000-step DDPM table (beta_schedule='linear'); sigma up to 157",
+    "table-scaled-linear": "diffusers' Stable Diffusion table (beta_schedule='scaled_linear'); sigma up to 14.6",
+    "table-cosine": "diffusers' cosine table (beta_schedule='squaredcos_cap_v2')",
 }
+_TABLES = {"table-linear": "linear", "table-scaled-linear": "scaled_linear", "table-cosine": "squaredcos_cap_v2"}
 
 
 def tangent_gamma_for(lam: np.ndarray, sigma_min: float, divergence: str) -> float:
     r"""$\gamma^\star$ of the tangent law for the spectrum $\lambda + \sigma_{\min}^2$ (finite for zero eigenvalues)."""
-    gdj = _gdj()
     shifted = lam + sigma_min**2
     if divergence == "kl" and not np.all(shifted > 0):
         raise CLIError("the tangent law's gamma* for KL needs positive eigenvalues: use --sigma-min > 0 or --floor")
-    fn = _optional("tangent_gamma")
-    metric = "kl" if divergence == "kl" else "w2"
-    if fn is not None:
-        return float(fn(gdj.GaussianSource(shifted), metric))
-    if metric == "kl":
-        return float((shifted.sum() / (1.0 / shifted).sum()) ** 0.25)
-    return float(np.mean(shifted**2) ** 0.25)
+    return float(gdj().tangent_gamma(gdj().GaussianSource(shifted), "kl" if divergence == "kl" else "w2"))
 
 
 def make_schedule(name: str, *, lam: np.ndarray, sigma_min: float, sigma_max: float, divergence: str = "kl"):
     """The schedule called `name` (see `SCHEDULE_HELP`), set up for the noise range [sigma_min, sigma_max]."""
-    gdj = _gdj()
+    g = gdj()
     key = name.strip().lower()
     if key == "linear":
-        return gdj.LinearBeta()
+        return g.LinearBeta()
     if key == "cosine":
-        return gdj.Cosine()
+        return g.Cosine()
+    if key in _TABLES:
+        return g.Discrete.from_diffusers(_TABLES[key])
+    if key in ("edm", "logsnr") and not (math.isfinite(sigma_max) and (key == "edm" or sigma_min > 0)):
+        need = "a finite --sigma-max (e.g. 80)" if key == "edm" else "0 < --sigma-min and a finite --sigma-max"
+        raise CLIError(f"the {key} schedule needs {need}")
     if key == "edm":
-        if not math.isfinite(sigma_max):
-            raise CLIError("the edm schedule needs a finite --sigma-max (e.g. 80)")
-        return gdj.EDM(sigma_min=sigma_min, sigma_max=sigma_max, rho=7.0)
+        return g.EDM(sigma_min=sigma_min, sigma_max=sigma_max, rho=7.0)
+    if key == "logsnr":
+        return g.LogSNRLinear(log_snr_max=-2 * math.log(sigma_min), log_snr_min=-2 * math.log(sigma_max))
     if key == "tangent":
         gamma = tangent_gamma_for(lam, sigma_min, divergence)
-        return gdj.Tangent(gamma, sigma_min=sigma_min, sigma_max=sigma_max)
-    if key == "logsnr":
-        if not (math.isfinite(sigma_max) and sigma_min > 0):
-            raise CLIError("the logsnr schedule needs 0 < --sigma-min and a finite --sigma-max")
-        return gdj.LogSNRLinear(log_snr_max=-2 * math.log(sigma_min), log_snr_min=-2 * math.log(sigma_max))
+        return g.Tangent(gamma, sigma_min=sigma_min, sigma_max=sigma_max)
     if key in ("euler-lagrange", "el"):
-        fn = _optional("euler_lagrange_schedule")
-        if fn is None:
-            raise CLIError("the euler-lagrange schedule needs gaussdiff_jax.euler_lagrange_schedule (not available)")
-        shifted = lam + sigma_min**2
-        el = fn(gdj.GaussianSource(shifted))
-        return SigmaFloor(el, 2.0 * math.log(sigma_min)) if sigma_min > 0 else el
+        optimum = euler_lagrange(lam + sigma_min**2)
+        return g.SigmaFloor(optimum, sigma_min) if sigma_min > 0 else optimum
     raise CLIError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULE_HELP)}")
 
 
-def schedule_spec(name: str, schedule) -> dict:
-    """A JSON description of a schedule built by `make_schedule` (enough to rebuild it)."""
-    import dataclasses
+def euler_lagrange(lam: np.ndarray):
+    """`gdj.euler_lagrange_schedule` of the spectrum `lam`, kept in the cache folder (its fixed point takes
+    ~0.7 s of CPU for CIFAR-10; the file is keyed by the spectrum and the solver's source)."""
+    g = gdj()
+    folder = cache_dir()
+    if folder is None:
+        return g.euler_lagrange_schedule(g.GaussianSource(lam))
+    from .._analysis import _optimal
+    from .._interop._export import _decode_module, _encode
 
-    params = {}
-    for field in dataclasses.fields(schedule):
-        value = getattr(schedule, field.name)
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            continue
-        if arr.ndim == 0:
-            params[field.name] = finite(float(arr))
-        elif arr.size <= 4096:
-            params[field.name] = [finite(float(v)) for v in arr.ravel()]
-    return {"name": name, "class": type(schedule).__name__, "params": params}
-
-
-# ----------------------------------------------------------------------------------------------
-# Time ranges and grids
-
-
-@functools.cache
-def _log_snr_jit():
-    # One compilation per schedule structure: every call passes the same shape.
-    return eqx.filter_jit(lambda schedule, t: schedule.log_snr(t))
+    digest = hashlib.sha256(np.ascontiguousarray(lam, dtype=np.float64).tobytes())
+    digest.update(Path(inspect.getsourcefile(_optimal)).read_bytes())
+    path = folder / "euler_lagrange" / f"{digest.hexdigest()[:32]}.json"
+    try:
+        return _decode_module(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet (or unreadable): compute it
+    optimum = g.euler_lagrange_schedule(g.GaussianSource(lam))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_encode(optimum)))
+    except OSError:
+        pass  # a read-only cache: fine, computed again next time
+    return optimum
 
 
-_PROBES = 4097
+def sigma_at(schedule, ts) -> np.ndarray:
+    """The schedule's noise levels at forward times `ts`, in float64 (compiled once per structure and shape)."""
+    return sigma_of(schedule, np.asarray(ts, dtype=np.float64))
 
 
-def times_of_sigmas(schedule, sigmas: Sequence[float]) -> list[float]:
-    r"""The forward times $t \in [0, 1]$ at which `schedule` reaches the noise levels `sigmas` (clamped to [0, 1]).
-
-    Three rounds of 4097-point evaluation of the log-SNR (decreasing in $t$) bracket each level to
-    ~1.5e-11, then a secant step in log-SNR. Levels within round-off of the schedule's ends snap to 0 or 1.
-    """
-    _jax()
-    log_snr = _log_snr_jit()
-    grid = np.linspace(0.0, 1.0, _PROBES)
-    ls = np.asarray(log_snr(schedule, jnp.asarray(grid)), dtype=np.float64)
-    out = []
-    for sigma in sigmas:
-        if sigma == math.inf:
-            out.append(1.0)
-            continue
-        target = -2.0 * math.log(sigma) if sigma > 0 else math.inf
-        tol = 1e-9 * max(1.0, abs(target)) if math.isfinite(target) else 0.0
-        if ls[0] <= target + tol:
-            out.append(0.0)
-            continue
-        if ls[-1] >= target - tol:
-            out.append(1.0)
-            continue
-        lo, hi, l_lo, l_hi = _bracket(grid, ls, target)
-        for _ in range(2):
-            fine = np.linspace(lo, hi, _PROBES)
-            fine_ls = np.array(log_snr(schedule, jnp.asarray(fine)), dtype=np.float64)
-            fine_ls[0], fine_ls[-1] = l_lo, l_hi
-            lo, hi, l_lo, l_hi = _bracket(fine, fine_ls, target)
-        if math.isfinite(l_lo) and math.isfinite(l_hi) and l_lo != l_hi:
-            out.append(float(lo + (hi - lo) * (l_lo - target) / (l_lo - l_hi)))
-        else:
-            out.append(float(0.5 * (lo + hi)))
-    return out
-
-
-def _bracket(ts: np.ndarray, ls: np.ndarray, target: float):
-    k = int(np.searchsorted(-ls, -target))  # first index with ls < target (ls decreasing)
-    k = min(max(k, 1), ts.shape[0] - 1)
-    return ts[k - 1], ts[k], ls[k - 1], ls[k]
-
-
-def time_of_sigma(schedule, sigma: float) -> float:
-    r"""The forward time $t \in [0, 1]$ at which `schedule` reaches noise level `sigma` (clamped to [0, 1])."""
-    return times_of_sigmas(schedule, [sigma])[0]
-
-
-def time_range(schedule, sigma_min: float, sigma_max: float) -> tuple[float, float]:
-    """`(t_max, t_min)`: where `schedule` has noise levels `sigma_max` and `sigma_min`."""
-    t_max, t_min = times_of_sigmas(schedule, [sigma_max, sigma_min])
+def time_range(schedule, label: str, sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    """`(t_max, t_min)`: where `schedule` has noise levels `sigma_max` and `sigma_min`; a `CLIError` naming the
+    flag when the schedule does not reach one of them (rather than clamping to its ends)."""
+    lo, hi = sigma_at(schedule, [0.0, 1.0])
+    if sigma_max > hi * (1 + 1e-9):
+        where = "" if math.isfinite(sigma_max) else " or a schedule with alpha_bar(1) = 0 (cosine, tangent)"
+        raise CLIError(
+            f"the {label} schedule reaches sigma = {hi:.4g} at most (t = 1), not --sigma-max {sigma_max:g}: "
+            f"use --sigma-max <= {hi:.4g}{where}"
+        )
+    if sigma_min < lo * (1 - 1e-9):
+        raise CLIError(
+            f"the {label} schedule starts at sigma = {lo:.4g} (t = 0), above --sigma-min {sigma_min:g}: "
+            f"use --sigma-min >= {lo:.4g}"
+        )
+    t_max, t_min = (float(t) for t in gdj().grids.time_of_sigma(schedule, [sigma_max, sigma_min]))
     if not t_max > t_min:
         raise CLIError(
-            f"the schedule covers no time between sigma_max={sigma_max} and sigma_min={sigma_min}: "
-            "check --sigma-min < --sigma-max"
+            f"the {label} schedule covers no time between --sigma-min {sigma_min} and --sigma-max {sigma_max}"
         )
     return t_max, t_min
 
 
-GRID_HELP = {
-    "uniform": "uniform in the schedule's time t",
-    "quadratic": "quadratic in t (dense near the data end)",
-    "log_snr": "uniform in log-SNR",
-    "karras": "Karras rho = 7 spacing of the noise levels",
-}
+def grid_help() -> list[tuple[str, str]]:
+    return [(name, gdj().grids.describe(name)) for name in gdj().grids.available()]
 
 
 def make_grid(name: str, schedule, steps: int, t_max: float, t_min: float) -> np.ndarray:
-    """The named grid of `steps` steps on `schedule` between `t_max` and `t_min` (forward times, decreasing)."""
-    key = name.strip().lower()
-    if key == "uniform":
-        return np.linspace(t_max, t_min, steps + 1)
-    if key == "quadratic":
-        return t_min + (t_max - t_min) * (1.0 - np.arange(steps + 1) / steps) ** 2
-    builders = {"log_snr": "log_snr_uniform", "karras": "karras"}
-    if key not in builders:
-        raise CLIError(f"unknown grid {name!r}; choose one of: {', '.join(GRID_HELP)}")
-    grids = _optional("grids")
-    if grids is None or not hasattr(grids, builders[key]):
-        raise CLIError(f"the {key} grid needs gaussdiff_jax.grids (not available in this installation)")
+    """The grid `name` of `gdj.grids` with `steps` steps between `t_max` and `t_min` where the grid takes them."""
+    grids = gdj().grids
+    if name not in grids.available():
+        raise CLIError(f"unknown grid {name!r}; choose one of: {', '.join(grids.available())}")
+    options = {k: v for k, v in {"t_max": t_max, "t_min": t_min}.items() if k in grids.range_options(name)}
     try:
-        return np.asarray(getattr(grids, builders[key])(schedule, steps, t_max=t_max, t_min=t_min), dtype=np.float64)
+        return np.asarray(grids.make(name, schedule, num_steps=steps, **options), dtype=np.float64)
     except ValueError as error:
-        raise CLIError(one_line(error)) from None
+        raise CLIError(f"grid {name!r}: {one_line(error)}") from None
 
 
-def parse_times(text: str) -> np.ndarray:
-    """A custom grid: comma-separated forward times, or a `.npy` / `.json` file holding them."""
-    path = Path(text)
+# ----------------------------------------------------------------------------------------------
+# --times
+
+
+def parse_times(text: str) -> tuple[np.ndarray, object | None]:
+    """A custom grid: comma-separated forward times, a `.npy` file, or a JSON grid / result (`FILE.json` or
+    `FILE.json:CANDIDATE`). **Returns:** `(ts, schedule)`, the schedule stored with a JSON grid or `None`."""
+    match = re.fullmatch(r"(.+\.json)(?::([^:/\\]+))?", text)
+    if match and Path(match[1]).is_file():
+        ts, schedule = _times_from_json(match[1], match[2])
+    elif text.endswith(".npy") and Path(text).is_file():
+        try:
+            ts, schedule = np.load(text, allow_pickle=False), None
+        except (OSError, ValueError) as error:
+            raise CLIError(f"cannot read --times {text!r} ({one_line(error)})") from None
+    elif text.endswith((".npy", ".json")):
+        raise CLIError(f"--times file {match[1] if match else text!r} not found")
+    else:
+        ts, schedule = _times_from_list(text), None
+    ts = np.asarray(ts, dtype=np.float64)
     try:
-        if path.suffix == ".npy" and path.is_file():
-            ts = np.load(path, allow_pickle=False)
-        elif path.suffix == ".json" and path.is_file():
-            doc = json.loads(path.read_text())
-            ts = doc["times"] if isinstance(doc, dict) else doc
-        else:
-            ts = [float(x) for x in text.replace(" ", "").split(",") if x]
-        ts = np.asarray(ts, dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CLIError(f"cannot read --times {text!r} ({one_line(error)}): give e.g. --times 1,0.5,0.1,0.001") from None
-    gdj = _gdj()
-    try:
-        gdj.validate_grid(ts)
+        gdj().validate_grid(jnp.asarray(ts))
     except ValueError as error:
         raise CLIError(f"--times: {one_line(error)}") from None
-    return ts
+    return ts, schedule
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation (jitted once per sampler / schedule structure / grid length)
-
-
-def _law(source, schedule, sampler, ts, init):
-    gdj = _gdj()
-    closed_form = _optional("ddim_law")
-    if closed_form is not None and isinstance(sampler, gdj.DDIM) and float(sampler.eta) == 0.0:
-        return closed_form(source, schedule, ts, init=init)
-    return gdj.sample_law(source, schedule, sampler, ts, init=init)
-
-
-def _errors_impl(source, schedule, ts, sampler, init, target, direction, with_kl):
-    gdj = _gdj()
-    law = _law(source, schedule, sampler, ts, init)
-    out = {"w2": gdj.w2(source, law, target=target), "sigmas": schedule.sigma(ts)}
-    if with_kl:
-        out["kl"] = gdj.kl(source, law, target=target, direction=direction)
-    return out
-
-
-def _many_impl(source, pairs, sampler, init, target, direction, with_kl):
-    return [
-        _errors_impl(source, schedule, ts, sampler, init, target, direction, flag)
-        for (schedule, ts), flag in zip(pairs, with_kl)
-    ]
-
-
-@functools.cache
-def _many_jit():
-    # Several (schedule, grid) pairs in one compiled program: one compilation instead of one per pair.
-    return eqx.filter_jit(_many_impl)
-
-
-def _kl_defined(lam: np.ndarray, schedule, ts: np.ndarray, target: str) -> bool:
-    if np.all(lam > 0):
-        return True
-    if target == "truncated":
-        _jax()
-        return float(schedule.one_minus_alpha_bar(jnp.asarray(ts[-1]))) > 0
-    return False
-
-
-def evaluate_many(source, sampler, items, *, init="standard", target="truncated", direction="target_to_sample"):
-    """KL and W2 of `sampler` on `source` for each `(schedule, ts)` in `items`, compiled together.
-
-    **Returns:** a list with, per item, `{"kl": float | None, "w2": float}` (KL is `None` where the
-    target is singular) or a `CLIError` with the engine's message (e.g. a sampler in t on a schedule
-    with infinite beta). A failing item is isolated by re-running the items one by one.
-    """
-    _jax()
-    lam = np.asarray(source.eigenvalues)
-    dtype = source.eigenvalues.dtype
-    flags = tuple(_kl_defined(lam, schedule, np.asarray(ts), target) for schedule, ts in items)
-    pairs = [(schedule, jnp.asarray(ts, dtype=dtype)) for schedule, ts in items]
+def _times_from_list(text: str) -> list[float]:
+    entries = [x.strip() for x in text.split(",")]
+    empty = [i + 1 for i, x in enumerate(entries) if not x]
+    if empty:
+        raise CLIError(f"--times {text!r} has an empty entry (position {empty[0]}): give e.g. --times 1,0.5,0.1,0.001")
     try:
-        outs = _many_jit()(source, pairs, sampler, init, target, direction, flags)
-        return [
-            {
-                "kl": float(o["kl"]) if flag else None,
-                "w2": float(o["w2"]),
-                "sigmas": [finite(float(v)) for v in np.asarray(o["sigmas"])],
-            }
-            for o, flag in zip(outs, flags)
-        ]
-    except (ValueError, RuntimeError, FloatingPointError) as error:
-        if len(items) == 1:
-            return [CLIError(one_line(error))]
-    return [evaluate_many(source, sampler, [item], init=init, target=target, direction=direction)[0] for item in items]
+        return [float(x) for x in entries]
+    except ValueError as error:
+        raise CLIError(f"cannot read --times {text!r} ({one_line(error)}): give e.g. --times 1,0.5,0.1,0.001") from None
 
 
-def evaluate(source, schedule, sampler, ts, *, init="standard", target="truncated", direction="target_to_sample"):
-    """KL and W2 of `sampler` on `source` along `ts` (see `evaluate_many`); raises the `CLIError`."""
-    (result,) = evaluate_many(source, sampler, [(schedule, ts)], init=init, target=target, direction=direction)
-    if isinstance(result, CLIError):
-        raise result
-    return result
+def _times_from_json(path: str, name: str | None):
+    try:
+        doc = gdj().from_json(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--times {path}: {one_line(error)}") from None
+    return pick_grid(doc, name, path)
 
 
-def per_mode_errors(source, schedule, sampler, ts, *, init, target, direction, with_kl):
-    gdj = _gdj()
-    _jax()
-    law = _law(source, schedule, sampler, jnp.asarray(ts, dtype=source.eigenvalues.dtype), init)
-    out = {"w2_squared": np.asarray(gdj.w2_squared(source, law, target=target, reduce=False))}
-    if with_kl:
-        out["kl"] = np.asarray(gdj.kl(source, law, target=target, direction=direction, reduce=False))
-    return out
+def pick_grid(doc: dict, name: str | None, path: str, *, flag: str = "--times FILE.json:NAME"):
+    """`(times, schedule)` of a decoded grid document: the candidate `name`, or its grid, or its "optimized"
+    candidate, or its only candidate."""
+    candidates = {c.get("name"): c for c in doc.get("candidates") or []}
+    if name is None and "times" in doc and doc["times"] is not None:
+        return np.asarray(doc["times"]), doc.get("schedule")
+    if name is None:
+        name = "optimized" if "optimized" in candidates or len(candidates) != 1 else next(iter(candidates))
+    if name not in candidates:
+        raise CLIError(f"no candidate {name!r} in {path}; have: {', '.join(map(str, candidates))} (use {flag})")
+    chosen = candidates[name]
+    if chosen.get("times") is None:
+        raise CLIError(f"candidate {name!r} in {path} has no grid ({chosen.get('error') or 'it failed'})")
+    return np.asarray(chosen["times"]), chosen.get("schedule")
 
 
 # ----------------------------------------------------------------------------------------------
-# Problem setup shared by eval / optimize / compare / sweep
+# The problem
 
 
 class Problem:
-    """The spectrum, sampler and noise range of one run, with the schedules and grids built on it."""
+    """The spectrum, sampler and noise range of one run, with the schedules and grids built on it.
+
+    `notes` collects what a user should be told once (e.g. a grid that ignores the noise range).
+    """
 
     def __init__(self, args, *, spectrum: str | None = None, sampler: str | None = None):
         self.args = args
@@ -379,16 +217,25 @@ class Problem:
         if args.floor is not None and not args.floor > 0:
             raise CLIError(f"--floor must be > 0; got {args.floor}")
         self.floor = args.floor
-        self.source = source_of(self.raw, args.floor)
-        self.lam = np.asarray(self.source.eigenvalues, dtype=np.float64)
-        self.sampler_name, self.sampler = make_sampler(sampler or args.sampler, args.eta)
+        self.lam = self.raw if self.floor is None else np.maximum(self.raw, self.floor)
+        self.source = gdj().GaussianSource(self.lam)
+        name = sampler or args.sampler
+        self.sampler_name, self.sampler = make_sampler(
+            name, args.eta if sampler is None else sampler_eta(name, args.eta)
+        )
         self.sigma_min, self.sigma_max = float(args.sigma_min), float(args.sigma_max)
         if not (0 <= self.sigma_min < self.sigma_max):
             raise CLIError(f"need 0 <= --sigma-min < --sigma-max; got {self.sigma_min}, {self.sigma_max}")
+        if not math.isfinite(self.sigma_max) and self.sampler.needs_beta:
+            raise CLIError(
+                f"--sigma-max inf starts at alpha_bar = 0, where beta(t) is infinite: {self.sampler_name} (a sampler "
+                "in t) cannot take it. Use a finite --sigma-max (e.g. 80) or a sampler in sigma (e.g. ddim)"
+            )
         self.init = args.init
         self.target = args.target or ("truncated" if self.sigma_min > 0 else "data")
         self.direction = args.direction
         self.divergence = getattr(args, "divergence", "kl")
+        self.notes: list[str] = []
 
     def schedule(self, name: str):
         try:
@@ -399,50 +246,48 @@ class Problem:
             raise CLIError(one_line(error)) from None
 
     def steps(self, nfe: int) -> int:
-        return nfe_to_steps(self.sampler, nfe, ends_clean=self.sigma_min == 0)
+        return steps_for_nfe(self.sampler, nfe, ends_clean=self.sigma_min == 0)
 
-    def grid(self, schedule, grid: str, steps: int) -> np.ndarray:
-        t_max, t_min = time_range(schedule, self.sigma_min, self.sigma_max)
-        return make_grid(grid, schedule, steps, t_max, t_min)
+    def time_range(self, schedule, label: str) -> tuple[float, float]:
+        return time_range(schedule, label, self.sigma_min, self.sigma_max)
 
-    def evaluate(self, schedule, ts):
-        return evaluate(
-            self.source, schedule, self.sampler, ts, init=self.init, target=self.target, direction=self.direction
-        )
+    def grid(self, schedule, label: str, grid: str, steps: int) -> np.ndarray:
+        """The grid `grid` of `steps` steps on `schedule` over the noise range (or the grid's own range)."""
+        if grid in gdj().grids.available() and len(gdj().grids.range_options(grid)) < 2:
+            t_max, t_min = 1.0, 0.0  # the grid takes at most t_min: it is checked against the range below
+            if "t_min" in gdj().grids.range_options(grid):
+                t_min = self.time_range(schedule, label)[1]
+        else:
+            t_max, t_min = self.time_range(schedule, label)
+        ts = make_grid(grid, schedule, steps, t_max, t_min)
+        got = sigma_at(schedule, ts[[0, -1]])
+        if not np.allclose(got, [self.sigma_max, self.sigma_min], rtol=1e-6, atol=0):
+            note = (
+                f"grid {grid!r} on {label} runs from sigma {got[0]:.4g} to {got[1]:.4g}, its own range, not the "
+                f"requested {self.sigma_max:g} -> {self.sigma_min:g}; the table reports that range"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+        return ts
 
-    def evaluate_many(self, items):
-        return evaluate_many(
-            self.source, self.sampler, items, init=self.init, target=self.target, direction=self.direction
-        )
+    def kl_defined(self, schedule, ts) -> bool:
+        """Whether the KL is finite: no zero eigenvalue, or a truncated target with noise left at the end."""
+        if np.all(self.lam > 0):
+            return True
+        return self.target == "truncated" and float(sigma_at(schedule, ts[-1:])[0]) > 0
 
     def describe(self) -> dict:
         return {
             "sampler": self.sampler_name,
-            "eta": float(self.args.eta),
+            "eta": float(getattr(self.sampler, "eta", 0.0)),
             "init": self.init,
             "target": self.target,
             "direction": self.direction,
             "sigma_min": self.sigma_min,
-            "sigma_max": finite(self.sigma_max),
+            "sigma_max": self.sigma_max if math.isfinite(self.sigma_max) else "inf",  # JSON has no infinity
         }
 
 
-def _sigmas_of(schedule, ts) -> list:
-    _jax()
-    return [finite(float(s)) for s in np.asarray(schedule.sigma(jnp.asarray(ts)))]
-
-
-def source_of(eigenvalues: np.ndarray, floor: float | None):
-    lam = eigenvalues if floor is None else np.maximum(eigenvalues, floor)
-    return _gdj().GaussianSource(lam)
-
-
 def problem_for(args, spectrum: str | None, sampler_name: str) -> Problem:
-    """A `Problem` for one sampler of a list (`--eta` only applies to ddim)."""
-    saved = args.eta
-    try:
-        if sampler_name.strip().lower() != "ddim":
-            args.eta = 0.0
-        return Problem(args, spectrum=spectrum, sampler=sampler_name)
-    finally:
-        args.eta = saved
+    """A `Problem` for one sampler of a list (`--eta` applies to the samplers that take it)."""
+    return Problem(args, spectrum=spectrum, sampler=sampler_name)

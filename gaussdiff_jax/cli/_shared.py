@@ -1,15 +1,18 @@
-"""What every subcommand shares: user errors, spectra, samplers, argument groups and output helpers."""
+"""What every subcommand shares: user errors, spectra, samplers, output paths and helpers, argument groups."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import inspect
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,28 +24,62 @@ class CLIError(Exception):
     """A user error: printed as one line on stderr, exit code 2."""
 
 
-# ----------------------------------------------------------------------------------------------
-# float64 is switched on before the first computation (the package creates no arrays when imported).
-
-
-def _jax():
+@functools.cache
+def gdj():
+    """The package, with float64 switched on first (importing it creates no arrays)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    return jax
-
-
-@functools.cache
-def _gdj():
-    _jax()
     import gaussdiff_jax
 
     return gaussdiff_jax
 
 
-def _optional(name: str):
-    """A public name of gaussdiff_jax that another part of the package provides, or None."""
-    return getattr(_gdj(), name, None)
+_CACHE_DIR: list[Path] = []  # where this run keeps what it computes once per machine (empty: nowhere)
+
+
+def compile_cache_dir() -> Path | None:
+    """Where compilations are cached (see `gaussdiff_jax.cli`), or `None` when turned off by the environment."""
+    if os.environ.get("GAUSSDIFF_NO_COMPILE_CACHE", "") not in ("", "0"):
+        return None
+    if os.environ.get("GAUSSDIFF_CACHE_DIR"):
+        return Path(os.environ["GAUSSDIFF_CACHE_DIR"]) / "jax"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gaussdiff_jax" / "jax"
+
+
+def use_cache_dir(path: Path | None):
+    _CACHE_DIR[:] = [] if path is None else [path]
+
+
+def cache_dir() -> Path | None:
+    """The gaussdiff cache folder of this run (`None` with --no-compile-cache)."""
+    return _CACHE_DIR[0] if _CACHE_DIR else None
+
+
+@contextlib.contextmanager
+def runtime_checks(enabled: bool):
+    """Equinox's checks inside compiled code (`eqx.error_if`) on or off for what is traced meanwhile.
+
+    A program holding such a check holds a host callback, and JAX's persistent compilation cache does
+    not store those: with the checks on, every run of the command recompiles its sweeps and its
+    optimizer step. The command therefore traces with the checks off when the cache is on, checks the
+    results itself (a non-finite value is a failure) and re-runs a failed case with the checks on to get
+    the engine's message. Checks on concrete values (outside jit) raise either way.
+
+    Equinox reads its mode (`EQX_ON_ERROR`) once at import; this switches the module's copy, the only
+    hook it offers at run time. Without it (another equinox) the checks simply stay on.
+    """
+    import equinox._errors as errors
+
+    if not hasattr(errors, "EQX_ON_ERROR"):
+        yield
+        return
+    saved = errors.EQX_ON_ERROR
+    errors.EQX_ON_ERROR = "raise" if enabled else "off"
+    try:
+        yield
+    finally:
+        errors.EQX_ON_ERROR = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,17 +92,17 @@ def load_spectrum(spec: str) -> tuple[str, np.ndarray]:
     **Returns:** `(label, eigenvalues)` with eigenvalues a float64 array of shape `(d,)`.
     **Raises:** `CLIError` with what to do, for unknown names and malformed files.
     """
-    gdj = _gdj()
-    if spec in gdj.spectra.available():
-        return spec, np.asarray(gdj.spectra.load(spec), dtype=np.float64)
+    names = gdj().spectra.available()
+    if spec in names:
+        return spec, np.asarray(gdj().spectra.load(spec), dtype=np.float64)
     path = Path(spec)
     if not path.suffix:
         raise CLIError(
-            f"unknown spectrum {spec!r}: give a bundled name ({', '.join(gdj.spectra.available())}) "
+            f"unknown spectrum {spec!r}: give a bundled name ({', '.join(names)}) "
             "or a .npy / .txt file of covariance eigenvalues"
         )
     if not path.is_file():
-        raise CLIError(f"spectrum file {spec!r} not found (bundled names: {', '.join(gdj.spectra.available())})")
+        raise CLIError(f"spectrum file {spec!r} not found (bundled names: {', '.join(names)})")
     return path.stem, _check_spectrum(spec, _read_numbers(spec, path))
 
 
@@ -116,97 +153,91 @@ def spectrum_info(label: str, lam: np.ndarray, floor: float | None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Samplers
+# Samplers: the package's registry (a sampler registered there appears here with no CLI change)
 
 
-def _sampler_table() -> dict[str, tuple[str, Callable[[float], Any]]]:
-    gdj = _gdj()
-    return {
-        "ddim": ("DDIM (eta from --eta, default 0: deterministic)", lambda eta: gdj.DDIM(eta=eta)),
-        "ddpm": ("DDPM ancestral, Ho et al. discrete betas", lambda eta: gdj.DDPM()),
-        "ddpm-pg": ("DDPM ancestral, Pierret-Galerne linearized form", lambda eta: gdj.DDPM(beta="linearized")),
-        "euler": ("Euler on the probability-flow ODE in t", lambda eta: gdj.Euler()),
-        "heun": ("Heun (trapezoid) on the probability-flow ODE in t", lambda eta: gdj.Heun()),
-        "rk4": ("classical Runge-Kutta 4 on the probability-flow ODE in t", lambda eta: gdj.RK4()),
-        "em": ("Euler-Maruyama on the reverse SDE", lambda eta: gdj.EulerMaruyama()),
-        "ei": ("exponential integrator on the reverse SDE", lambda eta: gdj.ExponentialIntegrator()),
-        "edm-heun": ("EDM's Heun in sigma (Karras et al.)", lambda eta: gdj.EDMHeun()),
-    }
-
-
-_SAMPLER_ALIASES = {
-    "eulermaruyama": "em",
-    "euler-maruyama": "em",
-    "exponentialintegrator": "ei",
-    "edmheun": "edm-heun",
-    "edm_heun": "edm-heun",
-    "ddpm_pg": "ddpm-pg",
-}
-
-SAMPLER_HELP = {
-    "ddim": "DDIM (eta from --eta, default 0: deterministic); sees only the noise levels",
-    "ddpm": "DDPM ancestral sampling, Ho et al. discrete betas",
-    "ddpm-pg": "DDPM ancestral, Pierret-Galerne linearized form",
-    "euler": "Euler on the probability-flow ODE in t (1 NFE/step)",
-    "heun": "Heun on the probability-flow ODE in t (2 NFE/step)",
-    "rk4": "Runge-Kutta 4 on the probability-flow ODE in t (4 NFE/step)",
-    "em": "Euler-Maruyama on the reverse SDE",
-    "ei": "exponential integrator on the reverse SDE",
-    "edm-heun": "EDM's Heun in sigma (2 NFE/step, last step to sigma=0 is Euler)",
-}
+def _takes_eta(cls) -> bool:
+    return "eta" in inspect.signature(cls.__init__).parameters
 
 
 def make_sampler(name: str, eta: float = 0.0):
-    """The sampler called `name` (case-insensitive; see `gaussdiff eval --help`)."""
-    table = _sampler_table()
-    key = name.strip().lower()
-    key = _SAMPLER_ALIASES.get(key, key)
-    if key not in table:
-        raise CLIError(f"unknown sampler {name!r}; choose one of: {', '.join(table)}")
-    if key != "ddim" and eta != 0.0:
-        raise CLIError(f"--eta applies to the ddim sampler only (got --eta {eta} with {name!r})")
+    """`(registered name, sampler)` for `name` (case-insensitive, aliases allowed); `eta` for samplers taking it."""
+    samplers = gdj().samplers
+    try:
+        entry = samplers.entry(name)
+    except ValueError:
+        raise CLIError(f"unknown sampler {name!r}; choose one of: {', '.join(samplers.available())}") from None
+    takes_eta = _takes_eta(entry.cls)
+    if eta != 0.0 and not takes_eta:
+        with_eta = [n for n in samplers.available() if _takes_eta(samplers.entry(n).cls)]
+        raise CLIError(f"--eta applies to {', '.join(with_eta)} only (got --eta {eta} with {name!r})")
     if not 0.0 <= eta <= 1.0:
         raise CLIError(f"--eta must lie in [0, 1]; got {eta}")
-    return key, table[key][1](float(eta))
+    try:
+        return entry.name, samplers.make(entry.name, **({"eta": float(eta)} if takes_eta else {}))
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
 
 
-def sigma_sampler(sampler) -> bool:
-    """Samplers that see only the noise levels at the grid points (not beta(t))."""
-    gdj = _gdj()
-    return isinstance(sampler, (gdj.DDIM, gdj.EDMHeun))
+def sampler_eta(name: str, eta: float) -> float:
+    """`eta` for a sampler of a list that takes it, else 0 (`--eta` in compare / sweep)."""
+    try:
+        return eta if _takes_eta(gdj().samplers.entry(name).cls) else 0.0
+    except ValueError:
+        return 0.0
 
 
-def nfe_to_steps(sampler, nfe: int, ends_clean: bool) -> int:
-    gdj = _gdj()
-    grids = _optional("grids")
+def sampler_help() -> list[tuple[str, str]]:
+    """`(name, one line)` for every registered sampler, with its cost and variable from the class facts."""
+    out = []
+    for name in gdj().samplers.available():
+        entry = gdj().samplers.entry(name)
+        where = "in t, uses beta(t)" if entry.cls.needs_beta else "in sigma, sees only the noise levels"
+        out.append((name, f"{entry.description} [{entry.cls.evaluations_per_step} NFE/step, {where}]"))
+    return out
+
+
+def steps_for_nfe(sampler, nfe: int, *, ends_clean: bool) -> int:
     if nfe < 1:
         raise CLIError(f"--nfe must be a positive integer; got {nfe}")
-    if grids is not None and hasattr(grids, "steps_for_nfe"):
-        try:
-            return int(grids.steps_for_nfe(sampler, nfe, ends_clean=ends_clean))
-        except ValueError as error:
-            raise CLIError(one_line(error)) from None
-    cost = 4 if isinstance(sampler, gdj.RK4) else 2 if isinstance(sampler, (gdj.Heun, gdj.EDMHeun)) else 1
-    steps = (nfe + 1) // 2 if isinstance(sampler, gdj.EDMHeun) and ends_clean else nfe // cost
-    if steps < 1:
-        raise CLIError(f"an NFE budget of {nfe} is below one step of this sampler ({cost} NFE)")
-    return steps
-
-
-def nfe_of(sampler, schedule, ts) -> int:
-    grids = _optional("grids")
-    if grids is not None and hasattr(grids, "num_evaluations"):
-        try:
-            return int(grids.num_evaluations(sampler, ts, schedule))
-        except ValueError:
-            pass
-    gdj = _gdj()
-    cost = 4 if isinstance(sampler, gdj.RK4) else 2 if isinstance(sampler, (gdj.Heun, gdj.EDMHeun)) else 1
-    return cost * (len(ts) - 1)
+    try:
+        return int(gdj().grids.steps_for_nfe(sampler, nfe, ends_clean=ends_clean))
+    except ValueError as error:
+        raise CLIError(one_line(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------
-# Output helpers
+# Output paths: checked before any computation, so that a bad --out never costs a finished run
+
+
+def output_dir(path: str, what: str) -> Path:
+    """Create (if needed) and return the output folder `path`; `CLIError` if it cannot hold `what`."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {path!r} is an existing file; give a folder for {what}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CLIError(f"cannot create the --out folder {path!r} ({error.strerror or error})") from None
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"the --out folder {path!r} is not writable")
+    return out
+
+
+def output_file(path: str, example: str) -> Path:
+    """The output file `path` (its folder created); `CLIError` if it is a folder or cannot be written."""
+    out = Path(path)
+    if out.is_dir():
+        raise CLIError(f"--out {path!r} is a folder; give a file name (e.g. {Path(path) / example})")
+    if str(out.parent) not in ("", "."):
+        output_dir(str(out.parent), "the output file")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise CLIError(f"--out {path!r} is not writable")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Printing
 
 
 def finite(x: float | None) -> float | None:
@@ -214,13 +245,10 @@ def finite(x: float | None) -> float | None:
 
 
 def fmt(x: float | None, digits: int = 6) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.{digits}g}"
+    return "n/a" if x is None else f"{x:.{digits}g}"
 
 
 def write_json(path: Path, doc: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
@@ -259,6 +287,46 @@ def warn(command: str, text: str):
     sys.stderr.write(f"{PROG} {command}: warning: {text}\n")
 
 
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class _Progress:
+    """A rich progress display on stderr: a spinner with elapsed time, or a bar when `total` is known."""
+
+    def __init__(self, label: str, total: int | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = [SpinnerColumn(), TextColumn(label)]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn("{task.fields[text]}"), TimeElapsedColumn()]
+        self._progress = Progress(*columns, console=_stderr_console(), transient=True)
+        self._task = self._progress.add_task(label, total=total, text="")
+
+    def update(self, text: str = "", advance: int = 0):
+        self._progress.update(self._task, text=text, advance=advance)
+
+
+class _NoProgress:
+    def update(self, text: str = "", advance: int = 0):
+        pass
+
+
+@contextlib.contextmanager
+def progress(args, label: str, total: int | None = None):
+    """Progress on stderr while a computation runs; off with `--quiet` / `--no-progress` or off a terminal."""
+    shown = not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
+    if not shown or not _stderr_console().is_terminal:
+        yield _NoProgress()
+        return
+    bar = _Progress(label, total)
+    with bar._progress:
+        yield bar
+
+
 def int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -271,6 +339,20 @@ def int_list(text: str, what: str) -> list[int]:
 
 def name_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """With `GAUSSDIFF_TIMING=1`, print the wall and CPU seconds of a part of a run on stderr."""
+    if not os.environ.get("GAUSSDIFF_TIMING"):
+        yield
+        return
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        sys.stderr.write(f"{PROG} timing: {name}: {wall:.2f} s wall, {cpu:.2f} s CPU\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,6 +392,10 @@ def add_subcommand(sub, name: str, *, help: str, description: str, epilog: str |
     )
 
 
+def spectrum_help() -> str:
+    return f"a bundled name ({', '.join(gdj().spectra.available())}) or a .npy / .txt / .csv file of eigenvalues"
+
+
 def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True, spectrum: bool = True):
     """The options every computing subcommand shares: data, sampling problem, output."""
     g = parser.add_argument_group("data")
@@ -318,8 +404,7 @@ def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True
             "--spectrum",
             default="cifar10",
             metavar="NAME|FILE",
-            help="covariance spectrum: a bundled name (cifar10, cifar10_preprint2024, adsn_fabric, adsn_china, "
-            "digits) or a .npy / .txt file of eigenvalues (default: %(default)s)",
+            help=f"covariance spectrum: {spectrum_help()} (default: %(default)s)",
         )
     g.add_argument(
         "--floor",
@@ -334,7 +419,7 @@ def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True
             "--sampler",
             default="ddim",
             metavar="NAME",
-            help="ddim, ddpm, ddpm-pg, euler, heun, rk4, em, ei, edm-heun (default: %(default)s)",
+            help=f"{', '.join(gdj().samplers.available())} (default: %(default)s; list below)",
         )
     g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
     g.add_argument(
@@ -347,7 +432,8 @@ def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True
         "--sigma-max",
         type=float_or_inf,
         default=80.0,
-        help="initial noise level (default %(default)s; 'inf' starts at alpha_bar = 0, DDIM only)",
+        help="initial noise level (default %(default)s; 'inf' starts at alpha_bar = 0: samplers in sigma only, "
+        "on schedules that reach it)",
     )
     g.add_argument(
         "--init",
@@ -367,6 +453,16 @@ def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True
         default="target_to_sample",
         help="KL(target || sample) or KL(sample || target) (default %(default)s)",
     )
+    add_output_options(parser)
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, progress: bool = True):
     g = parser.add_argument_group("output")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no progress display (on stderr)")
+    g.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use the compilation cache on disk (see 'gaussdiff --help'; or set GAUSSDIFF_NO_COMPILE_CACHE=1)",
+    )

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 
-from ._problem import Problem, _sigmas_of, evaluate, parse_times, per_mode_errors, schedule_spec
+from .._interop._export import grid_fields
+from ._diagnose import kl_breakdown
+from ._evaluate import evaluate
+from ._problem import Problem, parse_times
 from ._shared import (
-    _gdj,
+    CLIError,
     add_problem_options,
     add_subcommand,
-    finite,
     fmt,
-    nfe_of,
+    gdj,
+    output_dir,
     print_table,
+    progress,
     say,
     spectrum_info,
     write_json,
 )
+
+DEFAULT_SCHEDULE, DEFAULT_GRID, DEFAULT_NFE = "edm", "uniform", 10
 
 
 def add_parser(sub, epilog: str):
@@ -28,100 +32,108 @@ def add_parser(sub, epilog: str):
         "eval",
         help="exact error of one sampler / schedule / grid",
         description="Print the exact KL and W2 between the sampler's output law and the target, for one "
-        "schedule and time grid. Example: gaussdiff eval --sampler heun --schedule edm --nfe 20",
+        "schedule and time grid, and where the KL comes from (which modes, which step). "
+        "Example: gaussdiff eval --sampler heun --schedule edm --nfe 20",
         epilog=epilog,
     )
     add_problem_options(p)
     g = p.add_argument_group("schedule and grid")
-    g.add_argument("--schedule", default="edm", help="noise schedule name (default %(default)s; list below)")
-    g.add_argument("--grid", default="uniform", help="time grid name (default %(default)s; list below)")
-    g.add_argument("--nfe", type=int, default=10, help="network-evaluation budget (default %(default)s)")
-    g.add_argument("--steps", type=int, default=None, help="number of steps (overrides --nfe)")
+    g.add_argument("--schedule", default=None, help=f"noise schedule name (default {DEFAULT_SCHEDULE}; list below)")
+    g.add_argument("--grid", default=None, help=f"time grid name (default {DEFAULT_GRID}; list below)")
+    g.add_argument("--nfe", type=int, default=None, help=f"network-evaluation budget (default {DEFAULT_NFE})")
+    g.add_argument("--steps", type=int, default=None, help="number of steps (instead of --nfe)")
     g.add_argument(
         "--times",
         default=None,
         metavar="T0,T1,...|FILE",
-        help="custom decreasing forward times in [0, 1] (comma list, .npy or .json); overrides the grid",
+        help="custom decreasing forward times in [0, 1]: a comma list, a .npy file, or a JSON grid or result "
+        "(FILE.json, FILE.json:CANDIDATE; its schedule comes with it). Replaces --grid, --nfe and --steps",
     )
     g.add_argument("--float32", action="store_true", help="compute in float32 (as on GPUs/TPUs)")
     p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/eval.json and DIR/error_spectrum.png")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    problem = Problem(args)
-    schedule = problem.schedule(args.schedule)
+def _grid_of(args, problem):
+    """`(schedule name, schedule, grid name, ts)` from --times, or from --schedule / --grid / --nfe / --steps."""
     if args.times is not None:
-        ts = parse_times(args.times)
-        steps = ts.shape[0] - 1
-    else:
-        steps = args.steps if args.steps is not None else problem.steps(args.nfe)
-        ts = problem.grid(schedule, args.grid, steps)
-    errors = _evaluate(args, problem, schedule, ts)
+        given = [flag for flag, value in (("--grid", args.grid), ("--nfe", args.nfe), ("--steps", args.steps)) if value]
+        if given:
+            raise CLIError(f"--times gives the grid itself: drop {', '.join(given)}")
+        ts, stored = parse_times(args.times)
+        if stored is not None and args.schedule is not None:
+            raise CLIError(f"--times {args.times} carries its schedule ({type(stored).__name__}): drop --schedule")
+        name = args.schedule or (type(stored).__name__ if stored is not None else DEFAULT_SCHEDULE)
+        return name, stored if stored is not None else problem.schedule(name), "custom", ts
+    if args.nfe is not None and args.steps is not None:
+        raise CLIError("give --nfe or --steps, not both")
+    name, grid = args.schedule or DEFAULT_SCHEDULE, args.grid or DEFAULT_GRID
+    schedule = problem.schedule(name)
+    steps = args.steps if args.steps is not None else problem.steps(args.nfe or DEFAULT_NFE)
+    if steps < 1:
+        raise CLIError(f"--steps must be >= 1; got {steps}")
+    return name, schedule, grid, problem.grid(schedule, name, grid, steps)
+
+
+def run(args) -> int:
+    out = output_dir(args.out, "eval.json and error_spectrum.png") if args.out is not None else None
+    problem = Problem(args)
+    name, schedule, grid, ts = _grid_of(args, problem)
+    with progress(args, f"eval {problem.sampler_name}, {name}, {ts.size - 1} steps"):
+        result = evaluate(problem, [schedule], {(0, ts.size - 1): ts}, float32=args.float32)[(0, ts.size - 1)]
+    if isinstance(result, CLIError):
+        raise result
     doc = {
+        "format": "gaussdiff_jax.grid",
+        "version": 1,
         "command": "eval",
         "spectrum": spectrum_info(problem.label, problem.raw, problem.floor),
         "problem": problem.describe(),
-        "schedule": schedule_spec(args.schedule, schedule),
-        "grid": args.grid if args.times is None else "custom",
-        "num_steps": int(steps),
-        "nfe": nfe_of(problem.sampler, schedule, ts),
-        "times": [float(t) for t in ts],
-        "sigmas": _sigmas_of(schedule, ts),
+        "grid": grid,
+        **grid_fields(ts, schedule),
+        "nfe": int(problem.sampler.num_evaluations(schedule, ts)),
         "dtype": "float32" if args.float32 else "float64",
-        "kl": finite(errors["kl"]) if errors["kl"] is not None else None,
-        "w2": finite(errors["w2"]),
+        "kl": result["kl"],
+        "w2": result["w2"],
     }
-    print_table(
-        f"{problem.sampler_name} on {problem.label} (d={problem.raw.shape[0]}), target {problem.target}, init {problem.init}",
-        ["schedule", "grid", "steps", "NFE", "KL", "W2"],
-        [[args.schedule, doc["grid"], str(steps), str(doc["nfe"]), fmt(doc["kl"]), fmt(doc["w2"])]],
-        quiet=args.quiet,
-    )
-    if errors["kl"] is None:
-        say(args, "KL is infinite here (a zero eigenvalue against a singular target): use --sigma-min > 0 or --floor.")
-    if args.out is not None:
-        _write_outputs(args, problem, schedule, ts, steps, doc)
+    _report(args, problem, name, schedule, ts, doc)
+    if out is not None:
+        _write_outputs(args, out, problem, name, schedule, ts, doc)
     return 0
 
 
-def _evaluate(args, problem, schedule, ts):
-    source, schedule_eval, ts_eval = problem.source, schedule, ts
-    if args.float32:
-        gdj = _gdj()
-        source, schedule_eval = gdj.cast(source, jnp.float32), gdj.cast(schedule, jnp.float32)
-        ts_eval = np.asarray(ts, dtype=np.float32)
-    return evaluate(
-        source,
-        schedule_eval,
-        problem.sampler,
-        ts_eval,
-        init=problem.init,
-        target=problem.target,
-        direction=problem.direction,
+def _report(args, problem, name, schedule, ts, doc):
+    print_table(
+        f"{problem.sampler_name} on {problem.label} (d={problem.raw.shape[0]}), target {problem.target}, "
+        f"init {problem.init}",
+        ["schedule", "grid", "steps", "NFE", "KL", "W2"],
+        [[name, doc["grid"], str(doc["num_steps"]), str(doc["nfe"]), fmt(doc["kl"]), fmt(doc["w2"])]],
+        quiet=args.quiet,
     )
+    for note in problem.notes:
+        say(args, f"note: {note}")
+    if doc["kl"] is None:
+        say(args, "KL is infinite here (a zero eigenvalue against a singular target): use --sigma-min > 0 or --floor.")
+    elif not args.quiet and not args.float32:
+        line = kl_breakdown(problem, schedule, ts)
+        if line:
+            say(args, f"where the KL comes from: {line}.")
 
 
-def _write_outputs(args, problem, schedule, ts, steps, doc):
-    out = Path(args.out)
+def _write_outputs(args, out, problem, name, schedule, ts, doc):
     write_json(out / "eval.json", doc)
     with_kl = doc["kl"] is not None
-    per_mode = per_mode_errors(
-        problem.source,
-        schedule,
-        problem.sampler,
-        ts,
-        init=problem.init,
-        target=problem.target,
-        direction=problem.direction,
-        with_kl=with_kl,
-    )
+    g = gdj()
+    law = g.sample_law(problem.source, schedule, problem.sampler, jnp.asarray(ts), init=problem.init)
+    if with_kl:
+        per_mode = g.kl(problem.source, law, target=problem.target, direction=problem.direction, reduce=False)
+    else:
+        per_mode = g.w2_squared(problem.source, law, target=problem.target, reduce=False)
     from .._plot import plot_error_spectrum
 
-    key = "kl" if with_kl else "w2_squared"
     plot_error_spectrum(
         problem.lam,
-        {f"{problem.sampler_name}, {args.schedule}, {steps} steps": per_mode[key]},
+        {f"{problem.sampler_name}, {name}, {doc['num_steps']} steps": np.asarray(per_mode)},
         quantity="KL" if with_kl else "W2^2",
         title=f"Per-eigenvalue error, {problem.label}",
         path=out / "error_spectrum.png",

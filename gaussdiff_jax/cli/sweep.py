@@ -1,4 +1,10 @@
-"""`gaussdiff sweep`: a large product of cases to a resumable JSON-lines file."""
+"""`gaussdiff sweep`: a large product of cases to a resumable JSON-lines file.
+
+Cases of one (spectrum, sampler) pair go through one `gdj.sweep` path call (schedules x grids x step
+counts); their records are appended and flushed after each call, so an interrupted sweep loses at most
+one call. Rerunning the same command skips the cases whose records are in the file; failed cases are
+removed from it and run again.
+"""
 
 from __future__ import annotations
 
@@ -6,166 +12,24 @@ import json
 import time
 from pathlib import Path
 
-from ._problem import (
-    Problem,
-    problem_for,
-)
+from ._evaluate import evaluate
+from ._problem import problem_for
 from ._shared import (
     CLIError,
     add_problem_options,
     add_subcommand,
-    finite,
     int_list,
     load_spectrum,
     make_sampler,
     name_list,
+    output_file,
+    progress,
+    sampler_eta,
     say,
 )
 
-# ----------------------------------------------------------------------------------------------
-# sweep
-
-
-_SWEEP_KEYS = (
-    "spectrum",
-    "sampler",
-    "schedule",
-    "grid",
-    "nfe",
-    "init",
-    "target",
-    "direction",
-    "sigma_min",
-    "sigma_max",
-    "floor",
-    "eta",
-)
-
-
-def _sweep_key(record: dict) -> str:
-    return json.dumps([record.get(k) for k in _SWEEP_KEYS])
-
-
-def _read_done(path: Path) -> tuple[set[str], int]:
-    """Keys of the records already in `path`; a torn last line (interrupted write) is cut off."""
-    done: set[str] = set()
-    if not path.exists():
-        return done, 0
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if not raw.endswith(b"\n"):
-                break
-            done.add(_sweep_key(record))
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return done, good_bytes
-
-
-def run(args) -> int:
-    spectra = name_list(args.spectra)
-    samplers = name_list(args.samplers)
-    schedules = name_list(args.schedules)
-    grids = name_list(args.grids)
-    nfes = int_list(args.nfe, "--nfe")
-    for name in samplers:
-        make_sampler(name, args.eta if name.lower() == "ddim" else 0.0)
-    for name in spectra:
-        load_spectrum(name)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done, _ = _read_done(out)
-    cases = [(sp, sa, sc, gr, n) for sp in spectra for sa in samplers for sc in schedules for gr in grids for n in nfes]
-    todo = []
-    for case in cases:
-        sp, sa, sc, gr, n = case
-        key_record = _case_record(args, *case)
-        if _sweep_key(key_record) not in done:
-            todo.append(case)
-    say(args, f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already in {out}, {len(todo)} to run")
-    if args.limit is not None:
-        todo = todo[: args.limit]
-    # Cases sharing spectrum, sampler, schedule and grid are evaluated together (one compilation per group).
-    groups: dict[tuple[str, str, str, str], list[int]] = {}
-    for case in todo:
-        groups.setdefault(case[:4], []).append(case[4])
-    progress = None
-    if not args.quiet and not args.no_progress and todo:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("sweep"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[case]}"),
-            TimeRemainingColumn(),
-        )
-        task = progress.add_task("sweep", total=len(todo), case="")
-        progress.start()
-    problems: dict[tuple[str, str], Problem] = {}
-    try:
-        with open(out, "a") as f:
-            for (sp, sa, sc, gr), group_nfes in groups.items():
-                t0 = time.perf_counter()
-                records = [_case_record(args, sp, sa, sc, gr, n) for n in group_nfes]
-                items, where = [], []
-                try:
-                    if (sp, sa) not in problems:
-                        problems[(sp, sa)] = problem_for(args, sp, sa)
-                    problem = problems[(sp, sa)]
-                    schedule = problem.schedule(sc)
-                    for i, n in enumerate(group_nfes):
-                        try:
-                            steps = problem.steps(n)
-                            items.append((schedule, problem.grid(schedule, gr, steps)))
-                            records[i]["steps"] = steps
-                            where.append(i)
-                        except CLIError as error:
-                            records[i].update(steps=None, kl=None, w2=None, error=str(error))
-                    for i, res in zip(where, problem.evaluate_many(items)):
-                        if isinstance(res, CLIError):
-                            records[i].update(kl=None, w2=None, error=str(res))
-                        else:
-                            kl = finite(res["kl"]) if res["kl"] is not None else None
-                            records[i].update(kl=kl, w2=finite(res["w2"]), error=None)
-                except CLIError as error:
-                    for record in records:
-                        record.update(steps=record.get("steps"), kl=None, w2=None, error=str(error))
-                seconds = (time.perf_counter() - t0) / len(records)
-                for record in records:
-                    record["seconds"] = seconds
-                    f.write(json.dumps(record, allow_nan=False) + "\n")
-                f.flush()
-                if progress is not None:
-                    progress.update(task, advance=len(records), case=f"{sp} {sa} {sc} {gr}")
-    finally:
-        if progress is not None:
-            progress.stop()
-    say(args, f"wrote {len(todo)} records to {out}")
-    return 0
-
-
-def _case_record(args, spectrum, sampler, schedule, grid, nfe) -> dict:
-    return {
-        "spectrum": spectrum,
-        "sampler": sampler,
-        "schedule": schedule,
-        "grid": grid,
-        "nfe": int(nfe),
-        "init": args.init,
-        "target": args.target or ("truncated" if args.sigma_min > 0 else "data"),
-        "direction": args.direction,
-        "sigma_min": float(args.sigma_min),
-        "sigma_max": finite(float(args.sigma_max)),
-        "floor": args.floor,
-        "eta": float(args.eta) if sampler.lower() == "ddim" else 0.0,
-    }
+_KEYS = ("spectrum", "sampler", "schedule", "grid", "nfe", "init", "target", "direction", "sigma_min", "sigma_max",
+         "floor", "eta")  # fmt: skip
 
 
 def add_parser(sub, epilog: str):
@@ -175,8 +39,8 @@ def add_parser(sub, epilog: str):
         help="large product of cases to a resumable JSON-lines file",
         description="Run every combination of spectra x samplers x schedules x grids x NFE and append one JSON "
         "record per case to OUT (JSON lines). Rerunning the same command skips the cases already in "
-        "OUT, so an interrupted sweep resumes. Example: gaussdiff sweep --spectra cifar10 "
-        "--samplers ddim,euler --schedules edm,linear --nfe 10,20,50 --out sweep.jsonl",
+        "OUT, so an interrupted sweep resumes; cases that failed are run again. Example: gaussdiff sweep "
+        "--spectra cifar10 --samplers ddim,euler --schedules edm,linear --nfe 10,20,50 --out sweep.jsonl",
         epilog=epilog,
     )
     add_problem_options(p, sampler=False, spectrum=False)
@@ -194,3 +58,113 @@ def add_parser(sub, epilog: str):
     g.add_argument("--limit", type=int, default=None, help="run at most this many new cases, then stop")
     p.add_argument("--out", required=True, metavar="FILE.jsonl", help="results file (created or resumed)")
     p.set_defaults(func=run, divergence="kl")
+
+
+def _key(record: dict) -> str:
+    return json.dumps([record.get(k) for k in _KEYS])
+
+
+def _resume(path: Path) -> tuple[set[str], int]:
+    """Keys of the successful records in `path`, and how many failed ones were removed from it (with a
+    torn last line, e.g. from an interrupted write), so that those cases run again."""
+    if not path.exists():
+        return set(), 0
+    kept, done, failed, changed = [], set(), 0, False
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                changed = True
+                break
+            if not raw.endswith(b"\n"):
+                changed = True
+                break
+            if record.get("error"):
+                failed, changed = failed + 1, True
+                continue
+            kept.append(raw)
+            done.add(_key(record))
+    if changed:
+        path.write_bytes(b"".join(kept))
+    return done, failed
+
+
+def _record(args, spectrum, sampler, schedule, grid, nfe) -> dict:
+    return {
+        "spectrum": spectrum,
+        "sampler": sampler,
+        "schedule": schedule,
+        "grid": grid,
+        "nfe": int(nfe),
+        "init": args.init,
+        "target": args.target or ("truncated" if args.sigma_min > 0 else "data"),
+        "direction": args.direction,
+        "sigma_min": float(args.sigma_min),
+        "sigma_max": float(args.sigma_max) if args.sigma_max < float("inf") else "inf",
+        "floor": args.floor,
+        "eta": float(sampler_eta(sampler, args.eta)),
+    }
+
+
+def run(args) -> int:
+    out = output_file(args.out, "sweep.jsonl")
+    spectra, samplers = name_list(args.spectra), name_list(args.samplers)
+    schedules, grids, nfes = name_list(args.schedules), name_list(args.grids), int_list(args.nfe, "--nfe")
+    for name in samplers:
+        make_sampler(name, sampler_eta(name, args.eta))
+    for name in spectra:
+        load_spectrum(name)
+    done, failed = _resume(out)
+    cases = [(sp, sa, sc, gr, n) for sp in spectra for sa in samplers for sc in schedules for gr in grids for n in nfes]
+    todo = [case for case in cases if _key(_record(args, *case)) not in done]
+    again = f" ({failed} of them failed before and run again)" if failed else ""
+    say(args, f"sweep: {len(cases)} cases, {len(cases) - len(todo)} already in {out}, {len(todo)} to run{again}")
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for case in todo:
+        groups.setdefault(case[:2], []).append(case[2:])
+    with open(out, "a") as f, progress(args, "sweep", total=len(todo)) as bar:
+        for (spectrum, sampler), rest in groups.items():
+            bar.update(text=f"{spectrum} {sampler}")
+            f.writelines(
+                json.dumps(record, allow_nan=False) + "\n" for record in _run_group(args, spectrum, sampler, rest)
+            )
+            f.flush()
+            bar.update(advance=len(rest))
+    say(args, f"wrote {len(todo)} records to {out}")
+    return 0
+
+
+def _run_group(args, spectrum: str, sampler: str, cases: list[tuple]) -> list[dict]:
+    """The records of one (spectrum, sampler) pair: every (schedule, grid, NFE) case, one sweep call."""
+    t0 = time.perf_counter()
+    records = [_record(args, spectrum, sampler, *case) for case in cases]
+    try:
+        problem = problem_for(args, spectrum, sampler)
+    except CLIError as error:
+        return [{**r, "steps": None, "kl": None, "w2": None, "error": str(error), "seconds": 0.0} for r in records]
+    entries, built, grids, where = {}, {}, {}, []
+    for (schedule_name, grid, nfe), record in zip(cases, records):
+        try:
+            if schedule_name not in built:
+                built[schedule_name] = problem.schedule(schedule_name)
+            schedule = built[schedule_name]
+            steps = problem.steps(nfe)
+            p = entries.setdefault((schedule_name, grid), len(entries))
+            grids[(p, steps)] = problem.grid(schedule, schedule_name, grid, steps)
+            record["steps"] = steps
+            where.append((record, (p, steps)))
+        except CLIError as error:
+            record.update(steps=record.get("steps"), kl=None, w2=None, error=str(error))
+    schedules = [built[name] for name, _ in entries]
+    results = evaluate(problem, schedules, grids)
+    for record, key in where:
+        result = results[key]
+        if isinstance(result, CLIError):
+            record.update(kl=None, w2=None, error=str(result))
+        else:
+            record.update(kl=result["kl"], w2=result["w2"], error=None)
+    seconds = (time.perf_counter() - t0) / max(len(records), 1)
+    return [{**r, "seconds": seconds} for r in records]
