@@ -106,8 +106,10 @@ def kl_breakdown(problem, schedule, ts) -> str | None:
     n = int(np.searchsorted(share, 0.9)) + 1
     chosen = problem.lam[order[:n]]
     lo, hi = float(chosen.min()) + 0.0, float(chosen.max())
-    if np.sum(problem.lam <= hi) <= 1.2 * n:  # they are (nearly) the smallest eigenvalues
-        which = f"the {n} modes with eigenvalue <= {hi:.3g}" if n > 1 else f"1 mode (eigenvalue {hi:.3g})"
+    if n == 1:
+        which = f"1 mode (eigenvalue {hi:.3g})"
+    elif np.sum(problem.lam <= hi) <= 1.2 * n:  # they are (nearly) the smallest eigenvalues
+        which = f"the {n} modes with eigenvalue <= {hi:.3g}"
     else:
         which = f"{n} modes with eigenvalues in [{lo:.3g}, {hi:.3g}]"
     text = f"{100 * share[n - 1]:.1f}% of the KL ({total:.4g}) comes from {which}, of {per_mode.size}"

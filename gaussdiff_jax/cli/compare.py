@@ -136,7 +136,7 @@ def _growth_notes(args, problem, cases: list[dict]) -> list[str]:
                 why = kl_breakdown(problem, b["schedule_obj"], b["ts"])
                 notes.append(
                     f"the KL of {problem.sampler_name} on {name} grows from NFE {a['nfe']} to {b['nfe']} "
-                    f"({a['kl']:.4g} -> {b['kl']:.4g}; W2 {fmt(a['w2'], 4)} -> {fmt(b['w2'], 4)}). At NFE {b['nfe']}, {why}"
+                    f"({a['kl']:.4g} -> {b['kl']:.4g}; W2 {fmt(a['w2'], 4)} -> {fmt(b['w2'], 4)}). At NFE {b['nfe']}, {why}."
                 )
                 break
     return notes
