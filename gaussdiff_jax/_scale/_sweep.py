@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._core._divergence import kl, w2
+from .._core._divergence import kl, w2_squared
 from .._core._dtype import cast
 from .._core._law import Init, sample_law
 from .._core._source import GaussianSource
@@ -262,7 +262,9 @@ def _divergences(source, law, target, metrics) -> dict[str, Array]:
     if "kl_reverse" in metrics:
         out["kl_reverse"] = kl(source, law, target=target, direction="sample_to_target")
     if "w2" in metrics:
-        out["w2"] = w2(source, law, target=target)
+        # sqrt of W2^2, not w2(): the same numbers, but a NaN stays NaN (w2 maps it to 0 through its
+        # zero-gradient guard, which a sweep, never differentiated, does not need).
+        out["w2"] = jnp.sqrt(w2_squared(source, law, target=target))
     return out
 
 
@@ -274,7 +276,9 @@ def _over(fn, size: int, in_axes: tuple):
         return jax.vmap(fn, in_axes=in_axes)
 
     def only(*args):
-        first = lambda x: x[0] if eqx.is_array(x) else x  # noqa: E731
+        def first(x):
+            return x[0] if eqx.is_array(x) else x
+
         picked = [a if axis is None else jax.tree.map(first, a) for a, axis in zip(args, in_axes)]
         return jax.tree.map(lambda y: y[None], fn(*picked))
 
