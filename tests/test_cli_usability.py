@@ -73,6 +73,26 @@ def test_help_lists_samplers_spectra_and_grids_in_full(capsys):
     assert ".txt" in out and "--no-compile-cache" in out and "GAUSSDIFF_NO_COMPILE_CACHE" in out
 
 
+def test_every_grid_of_gdj_grids_is_offered(tmp_path, capsys, small):
+    """All of gdj.grids.available(): diffusers' spacings on the diffusers tables (their own range, said so),
+    a clear error on a continuous schedule, the others on the requested range."""
+    path, lam = small
+    code, out, err = run(capsys, "eval", "--spectrum", path, "--floor", "1e-4", "--schedule", "table-linear",
+                         "--grid", "leading", "--nfe", "10", "--out", tmp_path)  # fmt: skip
+    assert code == 0, err
+    assert "note: grid 'leading' on table-linear runs from sigma 60.82 to 0, its own range" in out
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    table = gdj.Discrete.from_diffusers("linear")
+    np.testing.assert_allclose(doc["times"], gdj.grids.leading(table, 10), rtol=0, atol=0)
+    src = gdj.GaussianSource(np.maximum(lam, 1e-4))
+    law = gdj.sample_law(src, table, gdj.DDIM(), jnp.asarray(doc["times"]))
+    assert doc["kl"] == pytest.approx(float(gdj.kl(src, law, target="truncated")), rel=1e-10)
+    one_error_line(*run(capsys, "eval", "--grid", "trailing")[::2], "Discrete", "EDM")
+    for grid in ("quadratic", "log_snr", "karras"):
+        code, _, err = run(capsys, "eval", "--spectrum", path, "--schedule", "tangent", "--grid", grid, "--nfe", "5")
+        assert code == 0, (grid, err)
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -175,7 +195,7 @@ def _edited(tmp_path, result, edit):
         (lambda d: {k: v for k, v in d.items() if k != "candidates"}, "no 'times'"),
         (lambda d: {**d, "candidates": [{k: v for k, v in d["candidates"][0].items() if k != "times"}]}, "no 'times'"),
         (lambda d: {k: v for k, v in d.items() if k != "format"}, "not a gaussdiff_jax.grid document"),
-        (lambda d: _set(d, lambda c: c["schedule"].pop(next(k for k in c["schedule"] if k != "__class__"))), "missing"),
+        (lambda d: _set(d, lambda c: c["schedule"].pop("base"), "euler-lagrange"), "missing field(s) ['base']"),
         (lambda d: _set(d, lambda c: c["schedule"].update(name="edm")), "unknown field(s) ['name']"),
         (lambda d: _set(d, lambda c: c["sigmas"].__setitem__(2, 2 * c["sigmas"][2])), "'sigmas' differ"),
         (lambda d: _set(d, lambda c: c["times"].__setitem__(2, 0.5 * (c["times"][1] + c["times"][2]))), "differ"),
@@ -185,8 +205,8 @@ def test_export_from_a_broken_result_is_one_line(edit, words, tmp_path, result, 
     one_error_line(*run(capsys, "export", "--from", _edited(tmp_path, result, edit))[::2], words)
 
 
-def _set(doc, change):
-    change(doc["candidates"][0])
+def _set(doc, change, name="optimized"):
+    change(next(c for c in doc["candidates"] if c["name"] == name))
     return doc
 
 

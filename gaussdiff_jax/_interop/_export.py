@@ -43,7 +43,8 @@ from jaxtyping import ArrayLike, Float
 
 from .._core._law import validate_grid
 from .._schedule import AbstractSchedule, Discrete, RectifiedFlow
-from ._grid import is_clean, training_indices
+from ._grid import training_indices
+from ._inverse import is_clean
 
 Kind = Literal["timesteps", "sigmas", "flow_sigmas"]
 
@@ -164,97 +165,108 @@ def to_diffusers(
     """
     ts = _grid(ts)
     info = _config(scheduler)
-    name, config = info if info is not None else ("", {})
     if info is not None:
-        _check_table(schedule, scheduler, config)
-    if kind == "timesteps":
-        if not isinstance(schedule, Discrete):
-            raise ValueError(
-                f"kind='timesteps' needs a Discrete (training-table) schedule; got {type(schedule).__name__}. "
-                "Use kind='sigmas' (Euler-type schedulers) or to_k_diffusion."
-            )
-        if ts[-1] != 0.0:
-            raise ValueError(
-                f"the grid ends at t = {ts[-1]}, but diffusers' schedulers end every run with custom timesteps on the "
-                "clean sample (alpha_bar = 1, t = 0). Append 0.0 to the grid (one more step), or use kind='sigmas'."
-            )
-        indices = training_indices(ts, schedule)
-        if info is not None:
-            if name in ("DDIMScheduler", "PNDMScheduler", "DDIMInverseScheduler", "LCMScheduler"):
-                _warn(
-                    f"{name}.set_timesteps takes no custom timesteps and steps from t to t - T // num_inference_steps, "
-                    "which matches a grid only for 'leading' spacing. For DDIM (eta=0) with these timesteps use "
-                    "EulerDiscreteScheduler (the same sampler); for eta=1 use DDPMScheduler."
-                )
-            if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
-                raise ValueError(
-                    f"{name} with use_karras/exponential/beta_sigmas rejects custom timesteps; disable them or use "
-                    "kind='sigmas'."
-                )
-            if config.get("final_sigmas_type") == "sigma_min":
-                _warn(
-                    f"{name} has final_sigmas_type='sigma_min': its last step lands on training index 0, not on the "
-                    "clean sample (t = 0) of this grid. Set final_sigmas_type='zero'."
-                )
-            _check_clip(name, config)
-            _check_init_noise(name, config)
-        return [int(i) for i in indices]
-    if kind == "sigmas":
-        sig = _sigmas(ts, schedule)
-        if not is_clean(schedule, ts[-1]):
+        _check_table(schedule, scheduler, info[1])
+    exporters = {"timesteps": _timesteps, "sigmas": _sigma_list, "flow_sigmas": _flow_sigmas}
+    if kind not in exporters:
+        raise ValueError(f"kind must be 'timesteps', 'sigmas' or 'flow_sigmas'; got {kind!r}.")
+    return exporters[kind](ts, schedule, info, scheduler_shift)
+
+
+def _timesteps(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[int]:
+    if not isinstance(schedule, Discrete):
+        raise ValueError(  # noqa: TRY004 (house rule: bad input is a ValueError)
+            f"kind='timesteps' needs a Discrete (training-table) schedule; got {type(schedule).__name__}. "
+            "Use kind='sigmas' (Euler-type schedulers) or to_k_diffusion."
+        )
+    if ts[-1] != 0.0:
+        raise ValueError(
+            f"the grid ends at t = {ts[-1]}, but diffusers' schedulers end every run with custom timesteps on the "
+            "clean sample (alpha_bar = 1, t = 0). Append 0.0 to the grid (one more step), or use kind='sigmas'."
+        )
+    indices = training_indices(ts, schedule)
+    if info is not None:
+        name, config = info
+        if name in ("DDIMScheduler", "PNDMScheduler", "DDIMInverseScheduler", "LCMScheduler"):
             _warn(
-                f"the grid ends at sigma = {sig[-1]:.6g} > 0: Euler-type schedulers given these sigmas stop there "
-                "(output keeps that noise level) instead of at the clean sample."
+                f"{name}.set_timesteps takes no custom timesteps and steps from t to t - T // num_inference_steps, "
+                "which matches a grid only for 'leading' spacing. For DDIM (eta=0) with these timesteps use "
+                "EulerDiscreteScheduler (the same sampler); for eta=1 use DDPMScheduler."
             )
-        if isinstance(schedule, Discrete):
-            T = schedule.num_train_timesteps
-            low = (ts > 0) & (ts < 1.0 / T - 1e-12)
-            if np.any(low[:-1]):
-                _warn(
-                    "some evaluation points lie below training index 0 (0 < t < 1/T): EulerDiscreteScheduler clips "
-                    "their model timestep to 0, so the model sees a noise level other than sigma there."
-                )
-        if info is not None:
-            _check_clip(name, config)
-            _check_init_noise(name, config)
-        return [float(s) for s in sig]
-    if kind == "flow_sigmas":
-        if not isinstance(schedule, RectifiedFlow):
-            raise ValueError(f"kind='flow_sigmas' needs a RectifiedFlow schedule; got {type(schedule).__name__}.")
-        if ts[-1] != 0.0:
+        if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
             raise ValueError(
-                f"the grid ends at t = {ts[-1]}, but FlowMatchEulerDiscreteScheduler always appends a terminal sigma "
-                "0 (t = 0). Append 0.0 to the grid."
+                f"{name} with use_karras/exponential/beta_sigmas rejects custom timesteps; disable them or use "
+                "kind='sigmas'."
             )
-        flow = np.asarray(schedule.flow_sigma(jnp.asarray(ts[:-1])), dtype=np.float64)
-        shift = float(scheduler_shift)
-        if info is not None:
-            if config.get("use_dynamic_shifting"):
-                raise ValueError(
-                    f"{name} has use_dynamic_shifting=True: it reshapes the sigmas with a resolution-dependent mu. "
-                    "Set use_dynamic_shifting=False (the RectifiedFlow schedule already carries the shift)."
-                )
-            if config.get("invert_sigmas"):
-                raise ValueError(f"{name} has invert_sigmas=True, which reverses the sigmas; unsupported.")
-            if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
-                raise ValueError(
-                    f"{name} replaces given sigmas by Karras/exponential/beta ones; disable those options."
-                )
-            if config.get("shift_terminal"):
-                _warn(f"{name} has shift_terminal set: it stretches the sigmas to end at that value.")
-            their_shift = float(config.get("shift", 1.0))
-            if not math.isclose(their_shift, shift):
-                _warn(
-                    f"{name} applies shift={their_shift} to the sigmas it is given, but the export assumed "
-                    f"scheduler_shift={shift}: pass scheduler_shift={their_shift} (the export pre-inverts it) or "
-                    "build the scheduler with shift=1.0."
-                )
-        if shift <= 0:
-            raise ValueError(f"scheduler_shift must be > 0; got {scheduler_shift}.")
-        # The scheduler maps u -> k u / (1 + (k - 1) u); export its inverse s / (k - (k - 1) s).
-        flow = flow / (shift - (shift - 1.0) * flow)
-        return [float(s) for s in flow]
-    raise ValueError(f"kind must be 'timesteps', 'sigmas' or 'flow_sigmas'; got {kind!r}.")
+        if config.get("final_sigmas_type") == "sigma_min":
+            _warn(
+                f"{name} has final_sigmas_type='sigma_min': its last step lands on training index 0, not on the "
+                "clean sample (t = 0) of this grid. Set final_sigmas_type='zero'."
+            )
+        _check_clip(name, config)
+        _check_init_noise(name, config)
+    return [int(i) for i in indices]
+
+
+def _sigma_list(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[float]:
+    sig = _sigmas(ts, schedule)
+    if not is_clean(schedule, ts[-1]):
+        _warn(
+            f"the grid ends at sigma = {sig[-1]:.6g} > 0: Euler-type schedulers given these sigmas stop there "
+            "(output keeps that noise level) instead of at the clean sample."
+        )
+    if isinstance(schedule, Discrete):
+        T = schedule.num_train_timesteps
+        low = (ts > 0) & (ts < 1.0 / T - 1e-12)
+        if np.any(low[:-1]):
+            _warn(
+                "some evaluation points lie below training index 0 (0 < t < 1/T): EulerDiscreteScheduler clips "
+                "their model timestep to 0, so the model sees a noise level other than sigma there."
+            )
+    if info is not None:
+        _check_clip(*info)
+        _check_init_noise(*info)
+    return [float(s) for s in sig]
+
+
+def _flow_sigmas(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[float]:
+    if not isinstance(schedule, RectifiedFlow):
+        raise ValueError(f"kind='flow_sigmas' needs a RectifiedFlow schedule; got {type(schedule).__name__}.")  # noqa: TRY004
+    if ts[-1] != 0.0:
+        raise ValueError(
+            f"the grid ends at t = {ts[-1]}, but FlowMatchEulerDiscreteScheduler always appends a terminal sigma "
+            "0 (t = 0). Append 0.0 to the grid."
+        )
+    flow = np.asarray(schedule.flow_sigma(jnp.asarray(ts[:-1])), dtype=np.float64)
+    shift = float(shift)
+    if info is not None:
+        _check_flow_scheduler(*info, shift)
+    if shift <= 0:
+        raise ValueError(f"scheduler_shift must be > 0; got {shift}.")
+    # The scheduler maps u -> k u / (1 + (k - 1) u); export its inverse s / (k - (k - 1) s).
+    flow = flow / (shift - (shift - 1.0) * flow)
+    return [float(s) for s in flow]
+
+
+def _check_flow_scheduler(name: str, config: Mapping[str, Any], shift: float):
+    if config.get("use_dynamic_shifting"):
+        raise ValueError(
+            f"{name} has use_dynamic_shifting=True: it reshapes the sigmas with a resolution-dependent mu. "
+            "Set use_dynamic_shifting=False (the RectifiedFlow schedule already carries the shift)."
+        )
+    if config.get("invert_sigmas"):
+        raise ValueError(f"{name} has invert_sigmas=True, which reverses the sigmas; unsupported.")
+    if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
+        raise ValueError(f"{name} replaces given sigmas by Karras/exponential/beta ones; disable those options.")
+    if config.get("shift_terminal"):
+        _warn(f"{name} has shift_terminal set: it stretches the sigmas to end at that value.")
+    their_shift = float(config.get("shift", 1.0))
+    if not math.isclose(their_shift, shift):
+        _warn(
+            f"{name} applies shift={their_shift} to the sigmas it is given, but the export assumed "
+            f"scheduler_shift={shift}: pass scheduler_shift={their_shift} (the export pre-inverts it) or "
+            "build the scheduler with shift=1.0."
+        )
 
 
 def to_k_diffusion(
@@ -438,12 +450,20 @@ def _decode_grid(doc, where: str) -> dict[str, Any]:
     return {"times": times, "schedule": schedule}
 
 
+def _decode_candidate(candidate, k: int) -> dict[str, Any]:
+    if isinstance(candidate, dict) and candidate.get("times", 0) is None and candidate.get("error"):
+        return {**candidate, "schedule": None}  # a candidate that failed: its error, no grid
+    name = candidate.get("name", "?") if isinstance(candidate, dict) else "?"
+    return {**candidate, **_decode_grid(candidate, f"candidate {k} ({name})")}
+
+
 def from_json(text: str) -> dict[str, Any]:
     """Read a grid document: `to_json` output, or a result of the `gaussdiff` command.
 
     **Returns:** the document as a dict, with `"times"` (a jnp array) and `"schedule"` (rebuilt, or `None`)
-    decoded at the top level when it holds a grid, and in each entry of `"candidates"` when it has them;
-    other keys (`"sigmas"`, `"diffusers_timesteps"`, `"metadata"`, the command's results) as stored.
+    decoded at the top level when it holds a grid, and in each entry of `"candidates"` when it has them (a
+    candidate that failed keeps `"times": None` and its `"error"`); other keys (`"sigmas"`,
+    `"diffusers_timesteps"`, `"metadata"`, the command's results) as stored.
 
     **Raises:** `ValueError` with one line saying what is wrong: not JSON, not an object, another format or
     version, a missing or malformed `times` / `schedule`, unknown schedule classes or fields, or `sigmas`
@@ -465,8 +485,5 @@ def from_json(text: str) -> dict[str, Any]:
     if candidates is not None:
         if not isinstance(candidates, list) or not candidates:
             raise ValueError("from_json: 'candidates' must be a non-empty list of grids.")
-        out["candidates"] = [
-            {**c, **_decode_grid(c, f"candidate {k} ({c.get('name', '?') if isinstance(c, dict) else '?'!s})")}
-            for k, c in enumerate(candidates)
-        ]
+        out["candidates"] = [_decode_candidate(c, k) for k, c in enumerate(candidates)]
     return out
