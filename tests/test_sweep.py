@@ -178,8 +178,9 @@ def test_float32_sweep_matches_float64():
     np.testing.assert_allclose(res32.w2, res64.w2, rtol=2e-4)
 
 
-def test_mixed_schedule_types_one_compilation_per_structure(monkeypatch):
-    """A list mixing schedule types is grouped by structure: one trace per (group, sampler), results in list order."""
+def test_mixed_schedule_types_one_trace_per_structure(monkeypatch):
+    """A list mixing schedule types is grouped by structure: one trace per (group, sampler), all groups in one
+    compiled program, results in list order."""
     traces = []
     real = _sweep.sample_law
 

@@ -141,8 +141,8 @@ def run(args) -> int:
         info["improved"] = False
     candidates = [optimized, *baselines]
     with phase("table and JSON"):
-        _print(args, problem, steps, candidates)
-        doc = _document(args, problem, steps, base_name, info, candidates)
+        doc = _document(args, problem, steps, info, candidates)
+        _print(args, problem, steps, doc["candidates"])
     with phase("plot"):
         _plot(problem, steps, candidates, args.divergence, out)
     doc["seconds"] = time.perf_counter() - start
@@ -313,24 +313,15 @@ def _optimize(args, problem, base_name, base, start_ts) -> tuple[Candidate, dict
     return optimized, info
 
 
-def _print(args, problem, steps, candidates: list[Candidate]):
+def _print(args, problem, steps, entries: list[dict]):
     key = args.divergence
-    opt_value = candidates[0].value(key)
+    opt_value = entries[0][key]
     rows = []
-    for c in candidates:
-        sig = [] if c.ts is None else grid_fields(c.ts, c.schedule)["sigmas"]
-        ratio = fmt(c.value(key) / opt_value, 4) if c.value(key) is not None and opt_value else "n/a"
-        rows.append(
-            [
-                c.name,
-                fmt(c.kl),
-                fmt(c.w2),
-                ratio,
-                fmt(sig[1] if len(sig) > 1 else None, 4),
-                fmt(sig[-2] if len(sig) > 1 else None, 4),
-                c.error or c.note,
-            ]
-        )
+    for e in entries:
+        sig = e.get("sigmas") or []
+        ratio = fmt(e[key] / opt_value, 4) if e[key] is not None and opt_value else "n/a"
+        rows.append([e["name"], fmt(e["kl"]), fmt(e["w2"]), ratio, fmt(sig[1] if len(sig) > 1 else None, 4),
+                     fmt(sig[-2] if len(sig) > 1 else None, 4), e["error"] or e["note"]])  # fmt: skip
     print_table(
         f"{problem.sampler_name}, {steps} steps, {problem.label}: {key.upper()} and W2 to "
         f"{'p_sigma_min' if problem.target == 'truncated' else 'p_0'} (init {problem.init})",
@@ -342,7 +333,7 @@ def _print(args, problem, steps, candidates: list[Candidate]):
         say(args, f"note: {note}")
 
 
-def _document(args, problem, steps, base_name, info, candidates: list[Candidate]) -> dict:
+def _document(args, problem, steps, info, candidates: list[Candidate]) -> dict:
     key = args.divergence
     best = _best(candidates[1:], key)
     opt_value = candidates[0].value(key)
