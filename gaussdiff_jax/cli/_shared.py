@@ -456,9 +456,11 @@ def add_problem_options(parser: argparse.ArgumentParser, *, sampler: bool = True
     add_output_options(parser)
 
 
-def add_output_options(parser: argparse.ArgumentParser, *, progress: bool = True):
+def add_output_options(
+    parser: argparse.ArgumentParser, *, progress: bool = True, quiet: str = "print nothing but errors"
+):
     g = parser.add_argument_group("output")
-    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    g.add_argument("--quiet", action="store_true", help=quiet)
     if progress:
         g.add_argument("--no-progress", action="store_true", help="no progress display (on stderr)")
     g.add_argument(

@@ -82,7 +82,7 @@ def add_parser(sub, epilog: str):
     p.add_argument("--sigma-min", type=float_or_inf, default=0.002, help="final noise level (default %(default)s)")
     p.add_argument("--sigma-max", type=float_or_inf, default=80.0, help="initial noise level (default %(default)s)")
     p.add_argument("--out", default=None, metavar="FILE", help="write here instead of stdout")
-    add_output_options(p, progress=False)
+    add_output_options(p, progress=False, quiet="print nothing but errors and the payload")
     p.set_defaults(func=run)
 
 
