@@ -53,11 +53,14 @@ def small_spectrum(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    """The README's main job, shortened (6 steps, 60 iterations) on the bundled CIFAR-10 spectrum."""
+    """`optimize` for the KL (its Euler-Lagrange and tangent-law baselines are the KL's optima), shortened (6 steps,
+    60 iterations) on the bundled CIFAR-10 spectrum."""
     out = tmp_path_factory.mktemp("quickstart")
     code = cli.main(
         [
             "optimize",
+            "--divergence",
+            "kl",
             "--spectrum",
             "cifar10",
             "--sampler",
@@ -399,7 +402,7 @@ def bad_files(tmp_path_factory):
         (["eval", "--times", "1.5,0.5,0.0"], "[0, 1]"),
         (["eval", "--grid", "random"], "unknown grid"),
         (["eval", "--sigma-min", "90"], "--sigma-min"),
-        (["optimize", "--sigma-min", "0", "--out", "{root}/o"], "--sigma-min > 0"),
+        (["optimize", "--divergence", "kl", "--sigma-min", "0", "--out", "{root}/o"], "--sigma-min > 0"),
         (["export", "--from", "{root}/missing.json"], "not found"),
         (["eval", "--init", "noise"], "invalid choice"),
     ],

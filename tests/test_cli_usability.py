@@ -50,7 +50,8 @@ def result(tmp_path_factory, small):
     """A small optimize result (ddim, 4 steps) to export and edit."""
     out = tmp_path_factory.mktemp("result")
     path, _ = small
-    argv = ["optimize", "--spectrum", path, "--steps", "4", "--iterations", "15", "--out", out, "--quiet"]
+    argv = ["optimize", "--divergence", "kl", "--spectrum", path, "--steps", "4", "--iterations", "15", "--out", out,
+            "--quiet"]
     assert cli.main([str(a) for a in argv]) == 0
     return out / "result.json"
 
@@ -302,8 +303,8 @@ def _optimized_and_best(doc):
 
 def test_optimize_heun_starts_from_the_best_baseline(tmp_path, capsys):
     """Heun, NFE 10, CIFAR-10: the grid used to end 6.9x worse than the tangent baseline of its own table."""
-    code, out, err = run(capsys, "optimize", "--sampler", "heun", "--nfe", "10", "--iterations", "30",
-                         "--out", tmp_path, "--no-progress")  # fmt: skip
+    code, out, err = run(capsys, "optimize", "--divergence", "kl", "--sampler", "heun", "--nfe", "10",
+                         "--iterations", "30", "--out", tmp_path, "--no-progress")  # fmt: skip
     assert code == 0, err
     doc = json.loads((tmp_path / "result.json").read_text())
     optimized, (best_name, best) = _optimized_and_best(doc)
@@ -316,8 +317,8 @@ def test_optimize_heun_starts_from_the_best_baseline(tmp_path, capsys):
 def test_optimize_that_cannot_improve_says_so(tmp_path, capsys):
     """Euler with --lr 50 diverges: the result is the best baseline (cosine), said plainly, not a worse grid
     labelled 'optimized'."""
-    code, out, err = run(capsys, "optimize", "--sampler", "euler", "--lr", "50", "--iterations", "30",
-                         "--out", tmp_path, "--no-progress")  # fmt: skip
+    code, out, err = run(capsys, "optimize", "--divergence", "kl", "--sampler", "euler", "--lr", "50",
+                         "--iterations", "30", "--out", tmp_path, "--no-progress")  # fmt: skip
     assert code == 0, err
     doc = json.loads((tmp_path / "result.json").read_text())
     optimized, (best_name, best) = _optimized_and_best(doc)

@@ -188,7 +188,9 @@ def _run_steps(step_fn, state, ts: Array, num_steps, checkpoint: int | None, loo
 
     @jax.checkpoint
     def segment(state, seg_inputs):
-        return jax.lax.scan(body, state, seg_inputs)
+        # Steps rematerialized inside the segment too: its backward pass then holds K carries, not K steps'
+        # intermediates (~40 per-mode vectors each).
+        return jax.lax.scan(jax.checkpoint(body), state, seg_inputs)
 
     seg_inputs = jax.tree.map(lambda x: x.reshape(-1, checkpoint), inputs)
     state, _ = jax.lax.scan(segment, state, seg_inputs)

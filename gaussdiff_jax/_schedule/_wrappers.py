@@ -42,22 +42,22 @@ class SigmaFloor(AbstractSchedule):
         return -jnp.logaddexp(-self.base.log_snr(t), 2.0 * math.log(self.sigma_min))
 
     def beta(self, t: Time) -> Float[Array, "*shape"]:
-        r"""$\beta = \frac{d}{dt}\log(1 + \sigma^2) = 2\sigma_b\sigma_b' / (1 + \sigma_b^2 + \sigma_{\min}^2)$.
+        r"""$\beta = \frac{d}{dt}\log(1 + \sigma^2) = \beta_b\,(1 + \sigma_b^2)/(1 + \sigma_b^2 + \sigma_{\min}^2)
+        = \beta_b / (1 + \sigma_{\min}^2\bar\alpha_b)$ (as $\frac{d}{dt}\sigma_b^2 = \beta_b(1 + \sigma_b^2)$).
 
-        From the base's noise level and its derivative, so it stays finite where $\sigma_b = 0$: autodiff
-        of the log-SNR would give $0 \cdot \infty$ there (e.g. the Euler-Lagrange optimum at $t = 0$).
+        From the base's $\beta$, so it is finite where $\sigma_b = 0$ (where $2\sigma_b\sigma_b'$ is $0 \cdot \infty$
+        for a $\sigma_b$ computed as a square root); where the base's $\beta$ is not finite, from its noise level and
+        the derivative of that, $2\sigma_b\sigma_b'/(1 + \sigma_b^2 + \sigma_{\min}^2)$.
         """
         if self.sigma_min == 0:
             return self.base.beta(t)
         t = jnp.asarray(t)
+        rescaled = self.base.beta(t) / (1 + self.sigma_min**2 * self.base.alpha_bar(t))
         s, ds = jax.jvp(self.base.sigma, (t,), (jnp.ones_like(t),))
         big = s > 1e100  # 2 s s' / s^2 without overflow
         s_small, s_big = jnp.where(big, 0.0, s), jnp.where(big, s, 1.0)
         direct = jnp.where(big, 2 * ds / s_big, 2 * s_small * ds / (1 + s_small**2 + self.sigma_min**2))
-        # Where the base's sigma has no finite derivative (a sigma computed as exp(-l/2) at l = inf, or
-        # alpha_bar = 0): the same beta from the base's, beta_b (1 + s^2) / (1 + s^2 + m^2).
-        rescaled = self.base.beta(t) / (1 + self.sigma_min**2 * self.base.alpha_bar(t))
-        return jnp.where(jnp.isfinite(direct), direct, rescaled)
+        return jnp.where(jnp.isfinite(rescaled), rescaled, direct)
 
 
 class SubInterval(AbstractSchedule):

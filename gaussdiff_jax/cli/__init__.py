@@ -3,6 +3,8 @@ r"""The `gaussdiff` command: exact sampler errors and schedule optimization from
 Subcommands (run `gaussdiff <subcommand> --help` for the options of each), one module each with its
 `add_parser` and `run(args)`:
 
+- `select`: recommended integer time steps for a model trained on a diffusers table: closed form (exact W2 on
+  a Gaussian model of the data) or model-aware (`--model`, `--data`: the network's measured error propagated).
 - `eval`: the exact KL / W2 error of one sampler with one schedule and time grid on a spectrum.
 - `optimize`: optimize a time grid (or a schedule) for the exact KL or W2; prints a table against
   baselines, writes `result.json` and `schedule.png`.
@@ -44,7 +46,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import compare, export, optimize, sweep
+from . import compare, export, optimize, select, sweep
 from . import eval as eval_
 from ._problem import SCHEDULE_HELP, grid_help
 from ._shared import (
@@ -61,7 +63,7 @@ from ._shared import (
     use_cache_dir,
 )
 
-_SUBCOMMANDS = (eval_, optimize, compare, sweep, export)
+_SUBCOMMANDS = (select, eval_, optimize, compare, sweep, export)
 
 
 def _description() -> str:
@@ -71,7 +73,8 @@ def _description() -> str:
         f"Data are a covariance spectrum: bundled ({spectra})\nor a .npy / .txt / .csv file of eigenvalues.\n"
         "Every number is exact (closed form per eigenvalue), not a Monte Carlo estimate.\n\n"
         "Start here:\n"
-        "  gaussdiff optimize --spectrum cifar10 --sampler ddim --nfe 10 --out quickstart\n"
+        "  gaussdiff select --spectrum cifar10 --nfe 10 --out quickstart\n"
+        "  gaussdiff optimize --spectrum cifar10 --sampler ddim --nfe 10 --out opt\n"
         "  gaussdiff eval --sampler heun --schedule edm --nfe 20\n"
         "  gaussdiff compare --samplers ddim,heun --schedules edm,tangent --nfe 10,20,40 --out cmp\n"
         "  gaussdiff sweep --spectra cifar10 --samplers ddim,euler --nfe 10,20 --out sweep.jsonl\n"

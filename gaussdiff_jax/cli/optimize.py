@@ -77,7 +77,13 @@ def add_parser(sub, epilog: str):
     g = p.add_argument_group("optimization")
     g.add_argument("--nfe", type=int, default=10, help="network-evaluation budget (default %(default)s)")
     g.add_argument("--steps", type=int, default=None, help="number of steps (overrides --nfe)")
-    g.add_argument("--divergence", choices=("kl", "w2"), default="kl", help="loss (default %(default)s)")
+    g.add_argument(
+        "--divergence",
+        choices=("kl", "w2"),
+        default="w2",
+        help="loss (default %(default)s: W2 predicts trained networks' sample quality; the KL is dominated by the "
+        "smallest eigenvalues, see README 'Which objective')",
+    )
     g.add_argument(
         "--param",
         choices=("grid", "schedule"),
