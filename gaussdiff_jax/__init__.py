@@ -28,6 +28,8 @@ from ._core._source import GaussianSource as GaussianSource
 from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
+    DDIMStep as DDIMStep,
+    DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M,
     RK4 as RK4,
     AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
@@ -42,6 +44,7 @@ from ._sampler import (
     Heun as Heun,
     JainZhang as JainZhang,
     Level as Level,
+    Relabeled as Relabeled,
     StepInfo as StepInfo,
 )
 from ._schedule import (
@@ -103,6 +106,11 @@ from ._optimization._timesteps import (
 )
 
 # --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------
+from ._interop._diffusers import (
+    DiffusersCounterpart as DiffusersCounterpart,
+    DiffusersQuirkWarning as DiffusersQuirkWarning,
+    from_diffusers_scheduler as from_diffusers_scheduler,
+)
 from ._interop._export import (
     ExportWarning as ExportWarning,
     from_json as from_json,

@@ -1,0 +1,247 @@
+r"""Per-class counterparts of diffusers' schedulers (registered into `from_diffusers_scheduler`).
+
+Each handler reads a deep copy of the scheduler after `set_timesteps` (see `_diffusers`), picks the sampler that
+performs the same update with the exact model, and places the run's noise levels on a schedule. The samplers:
+
+| diffusers | state | gaussdiff_jax sampler |
+|---|---|---|
+| `DDIMScheduler` (`eta`) | VP | `DDIM(eta)`; `Relabeled(DDIMStep(eta), landing)` where its stride misses the next timestep |
+| `DDPMScheduler` `fixed_small(_log)` / `fixed_large` | VP | `DDIM(eta=1)` / `DDPM(beta="discrete", variance="beta")` |
+| `EulerDiscreteScheduler`, `EDMEulerScheduler`, `FlowMatchEulerDiscreteScheduler` | VE / VE / flow | `DDIM()` (Euler in $\sigma$ is DDIM) |
+| `EulerAncestralDiscreteScheduler` | VE | `DDIM(eta=1)` (its $\sigma_{\rm up}, \sigma_{\rm down}$ are DDIM($\eta = 1$)'s) |
+| `HeunDiscreteScheduler` | VE | `EDMHeun()` |
+| `DPMSolverMultistepScheduler` | VP (flow with `use_flow_sigmas`) | `DPMSolverMultistep(...)` |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._sampler import DDIM, DDPM, DDIMStep, DiffusersSDEDPMSolver3M, DPMSolverMultistep, EDMHeun, Relabeled
+from .._schedule import RectifiedFlow
+from ._diffusers import (
+    Run,
+    as_float64,
+    counterpart,
+    flow_scale,
+    init_noise_sigma,
+    init_of,
+    levels_discrete,
+    register_handler,
+    sigma_discrete,
+    times_on_discrete,
+    times_on_flow,
+    ve_scale,
+    vp_table,
+)
+
+# --- schedulers that index alphas_cumprod (VP state, integer timesteps) ---------------------------
+
+
+def _indices(sched) -> np.ndarray:
+    return as_float64(sched.timesteps).astype(np.int64)
+
+
+@register_handler("DDIMScheduler")
+def _ddim(run: Run, opts: dict):
+    sched = run.copy()
+    idx = _indices(sched)
+    T = int(run.opt("num_train_timesteps", 1000))
+    ratio = T // run.n
+    schedule = vp_table(run, sched)
+    clean = bool(run.opt("set_alpha_to_one", True))
+    final = 0.0 if clean else 1.0 / T
+    if not clean:
+        run.note("set_alpha_to_one=False: the run ends at training index 0 (alpha_bar_0 < 1), not at the clean sample.")
+    land_idx = idx - ratio
+    ts = np.concatenate([(idx + 1.0) / T, [final]])
+    land = np.where(land_idx >= 0, (land_idx + 1.0) / T, final)
+    if ts[-2] == ts[-1]:
+        if ts.shape[0] == 2:
+            run.refuse("with this configuration runs one step from training index 0 to index 0: the output is the initial noise.")
+        run.note("the last step goes from training index 0 to alpha_bar_0 (set_alpha_to_one=False), an identity: dropped.")
+        ts, land = ts[:-1], land[:-1]
+    eta = opts["eta"]
+    if np.array_equal(land, ts[1:]):
+        sampler = DDIM(eta=eta)
+    else:
+        missed = [(int(a), int(b), int(c)) for a, b, c in zip(idx, land_idx, np.append(idx[1:], -1)) if b != c and b >= 0]
+        run.quirk(
+            f"steps from timestep t to t - num_train_timesteps // num_inference_steps = t - {ratio}, which is not the next "
+            f"timestep with timestep_spacing={run.opt('timestep_spacing')!r} and {run.n} steps (t -> landing, next: "
+            f"{missed[:4]}{' ...' if len(missed) > 4 else ''}); the model is then evaluated at the next timestep on a "
+            "sample that is at the landing level. Reproduced with Relabeled(DDIMStep(eta), landing)."
+        )
+        sampler = Relabeled(DDIMStep(eta=eta), land)
+    return counterpart(run, schedule, sampler, ts, "standard", nfe=idx.shape[0])
+
+
+@register_handler("DDPMScheduler")
+def _ddpm(run: Run, opts: dict):
+    variance = run.opt("variance_type", "fixed_small")
+    if variance in ("learned", "learned_range"):
+        run.refuse(
+            f"has variance_type={variance!r}: the step variance comes from the network's output, which the exact "
+            "Gaussian model does not define. Use 'fixed_small' or 'fixed_large'."
+        )
+    if variance == "fixed_large_log":
+        run.refuse(
+            "has variance_type='fixed_large_log': its step takes the square root of _get_variance(), which returns "
+            "log(beta_t) < 0 for this type, so every noisy step is NaN in diffusers 0.42 (a diffusers bug)."
+        )
+    sched = run.copy()
+    idx = _indices(sched)
+    T = int(run.opt("num_train_timesteps", 1000))
+    schedule = vp_table(run, sched)
+    ts = np.concatenate([(idx + 1.0) / T, [0.0]])
+    if variance in ("fixed_small", "fixed_small_log"):
+        sampler = DDIM(eta=1.0)
+        run.note(
+            "DDPM with the posterior variance is DDIM(eta=1); diffusers clamps the last step's variance (0) to 1e-20, "
+            "an absolute 1e-20 that is ignored."
+        )
+    elif variance == "fixed_large":
+        if idx[-1] == 0:
+            run.refuse(
+                "with variance_type='fixed_large' and a last timestep of 0 adds no noise on that step (its `t > 0` "
+                "rule), unlike DDPM with variance beta_t: the counterpart needs the diffusers DDPM rule sampler."
+            )
+        sampler = DDPM(beta="discrete", variance="beta")
+    else:
+        run.refuse(f"has an unknown variance_type {variance!r}.")
+    return counterpart(run, schedule, sampler, ts, "standard", nfe=idx.shape[0])
+
+
+# --- schedulers on a sigma table (VE state or VP state with sigma levels) ------------------------
+
+
+def _drop_identity_end(run: Run, levels: np.ndarray) -> np.ndarray:
+    """A final step between equal levels (final sigma = the last evaluated one) changes nothing: drop it."""
+    if levels.shape[0] > 2 and levels[-1] == levels[-2]:
+        run.note("the last step goes between equal noise levels (final_sigmas_type='sigma_min'), an identity: dropped.")
+        return levels[:-1]
+    return levels
+
+
+def _sigma_run(run: Run, sched, levels: np.ndarray, sampler, *, state: str, nfe: int):
+    """Counterpart of a run along VE levels `levels` on the scheduler's sigma table."""
+    levels = _drop_identity_end(run, levels)
+    schedule, table = sigma_discrete(sched)
+    ts = times_on_discrete(schedule, table, levels)
+    scale0, scale_n = (ve_scale(levels[0]), ve_scale(levels[-1])) if state == "ve" else (1.0, 1.0)
+    init = init_of(init_noise_sigma(sched), scale0)
+    if levels[-1] > 0:
+        run.note(f"the run ends at sigma = {levels[-1]:.6g} > 0, not at the clean sample.")
+    return counterpart(run, schedule, sampler, ts, init, nfe=nfe, output_scale=scale_n)
+
+
+def _check_euler_options(run: Run):
+    if run.opt("interpolation_type", "linear") == "log_linear":
+        run.quirk(
+            "interpolation_type='log_linear' makes num_inference_steps + 1 sigmas log-uniform from sigma_max to "
+            "sigma_min and then appends the final sigma, so the run stops at sigma_min (the appended value is never "
+            "reached) and the timesteps given to the model are unrelated to those sigmas."
+        )
+
+
+def _run_levels(sched) -> np.ndarray:
+    return as_float64(sched.sigmas)[: len(sched.timesteps) + 1]
+
+
+@register_handler("EulerDiscreteScheduler")
+def _euler(run: Run, opts: dict):
+    _check_euler_options(run)
+    sched = run.copy()
+    run.note("Euler in sigma is DDIM(eta=0); step(s_churn > 0) is not modelled (pipelines pass s_churn=0).")
+    return _sigma_run(run, sched, _run_levels(sched), DDIM(), state="ve", nfe=len(sched.timesteps))
+
+
+@register_handler("EulerAncestralDiscreteScheduler")
+def _euler_ancestral(run: Run, opts: dict):
+    sched = run.copy()
+    return _sigma_run(run, sched, _run_levels(sched), DDIM(eta=1.0), state="ve", nfe=len(sched.timesteps))
+
+
+@register_handler("HeunDiscreteScheduler")
+def _heun(run: Run, opts: dict):
+    sched = run.copy()
+    sig = as_float64(sched.sigmas)  # [s0, s1, s1, s2, s2, ..., s_{N-1}, s_{N-1}, 0]
+    levels = np.concatenate([sig[:1], sig[1::2]])
+    return _sigma_run(run, sched, levels, EDMHeun(), state="ve", nfe=len(sched.timesteps))
+
+
+@register_handler("DPMSolverMultistepScheduler")
+def _dpm_multistep(run: Run, opts: dict):
+    if run.opt("use_lu_lambdas"):
+        run.note("use_lu_lambdas: log-SNR-uniform levels, read from the scheduler.")
+    order, algorithm = int(run.opt("solver_order", 2)), run.opt("algorithm_type", "dpmsolver++")
+    lower_order_final, euler_at_final = bool(run.opt("lower_order_final", True)), bool(run.opt("euler_at_final", False))
+    if order == 3 and algorithm == "sde-dpmsolver++":
+        run.quirk(
+            "solver_order=3 with algorithm_type='sde-dpmsolver++' weights D2 by alpha_t((1 - e^{-2h} - 2h)/(2h)^2 - 1/2); "
+            "the SDE's exponential integrator (and k-diffusion's sample_dpmpp_3m_sde) has + 1/2. The -alpha_t D2 "
+            "difference makes it a first-order solver. Reproduced with DiffusersSDEDPMSolver3M."
+        )
+        sampler = DiffusersSDEDPMSolver3M(lower_order_final, euler_at_final)
+    else:
+        sampler = DPMSolverMultistep(
+            solver_order=order,
+            algorithm=algorithm,
+            solver_type=run.opt("solver_type", "midpoint"),
+            lower_order_final=lower_order_final,
+            euler_at_final=euler_at_final,
+        )
+    if run.opt("variance_type") in ("learned", "learned_range"):
+        run.note("variance_type='learned*' only drops the network's variance channels: irrelevant here.")
+    sched = run.copy()
+    levels = _run_levels(sched)
+    nfe = len(sched.timesteps)
+    if run.opt("use_flow_sigmas"):
+        return _flow_run(run, sched, levels, sampler, shift=float(run.opt("flow_shift", 1.0)), nfe=nfe)
+    return _sigma_run(run, sched, levels, sampler, state="vp", nfe=nfe)
+
+
+# --- flow matching and EDM -------------------------------------------------------------------------
+
+
+def _flow_run(run: Run, sched, levels: np.ndarray, sampler, *, shift: float, nfe: int):
+    """Counterpart of a run along flow levels $s$ (state: $(1 - s)x_0 + s\\varepsilon$) on `RectifiedFlow(shift)`."""
+    levels = _drop_identity_end(run, levels)
+    schedule = RectifiedFlow(shift)
+    ts = times_on_flow(schedule, levels)
+    init = init_of(init_noise_sigma(sched), flow_scale(levels[0]))
+    if levels[-1] > 0:
+        run.note(f"the run ends at flow sigma = {levels[-1]:.6g} > 0, not at the clean sample.")
+    return counterpart(run, schedule, sampler, ts, init, nfe=nfe, output_scale=flow_scale(levels[-1]))
+
+
+@register_handler("FlowMatchEulerDiscreteScheduler")
+def _flow_euler(run: Run, opts: dict):
+    if run.opt("stochastic_sampling"):
+        run.refuse("with stochastic_sampling=True has no counterpart yet: needs the stochastic FlowMatch Euler sampler.")
+    shift = float(run.opt("shift", 1.0))
+    if shift != 1.0 and not run.opt("use_karras_sigmas") and not run.opt("use_exponential_sigmas") and not run.opt(
+        "use_beta_sigmas"
+    ):
+        run.quirk(
+            f"set_timesteps spaces the levels between the already shifted training sigmas and shifts them again: the "
+            f"last evaluated sigma is shift(shift(1/T)) (shift = {shift}), not shift(1/T); the levels are "
+            "shift(linspace(1, shift(1/T), N)). Reproduced as read from the scheduler."
+        )
+    if run.opt("shift_terminal"):
+        run.note(f"shift_terminal={run.opt('shift_terminal')}: stretched levels, read from the scheduler.")
+    sched = run.copy()
+    levels = _run_levels(sched)
+    return _flow_run(run, sched, levels, DDIM(), shift=shift, nfe=len(sched.timesteps))
+
+
+@register_handler("EDMEulerScheduler")
+def _edm_euler(run: Run, opts: dict):
+    sched = run.copy()
+    levels = _drop_identity_end(run, _run_levels(sched))
+    schedule, ts = levels_discrete(levels)
+    run.note("EDMEulerScheduler has no training table: the schedule is a Discrete table of the run's own levels.")
+    init = init_of(init_noise_sigma(sched), ve_scale(levels[0]))
+    if levels[-1] > 0:
+        run.note(f"the run ends at sigma = {levels[-1]:.6g} > 0, not at the clean sample.")
+    return counterpart(run, schedule, DDIM(), ts, init, nfe=len(sched.timesteps), output_scale=ve_scale(levels[-1]))
