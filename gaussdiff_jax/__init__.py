@@ -45,6 +45,7 @@ from ._sampler import (
     JainZhang as JainZhang,
     Level as Level,
     Relabeled as Relabeled,
+    Truncated as Truncated,
     StepInfo as StepInfo,
 )
 from ._schedule import (

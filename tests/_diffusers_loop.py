@@ -136,6 +136,8 @@ def model_output(sched, t, model_input, lam, mean):
         return torch.sqrt(abar) * eps - torch.sqrt(1 - abar) * D
     if prediction == "sample":
         return D
+    if prediction == "flow_prediction":
+        return eps - D
     raise ValueError(f"prediction_type {prediction!r}")
 
 

@@ -17,8 +17,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._sampler import DDIM, DDPM, DDIMStep, DiffusersSDEDPMSolver3M, DPMSolverMultistep, EDMHeun, Relabeled
-from .._schedule import RectifiedFlow
+from .._sampler import (
+    DDIM,
+    DDPM,
+    AbstractMultistepSampler,
+    DDIMStep,
+    DiffusersSDEDPMSolver3M,
+    DPMSolverMultistep,
+    EDMHeun,
+    Relabeled,
+    Truncated,
+)
+from .._schedule import Discrete, RectifiedFlow
 from ._diffusers import (
     Run,
     as_float64,
@@ -27,8 +37,9 @@ from ._diffusers import (
     init_noise_sigma,
     init_of,
     levels_discrete,
+    _PENDING,
     register_handler,
-    sigma_discrete,
+    sigma_table,
     times_on_discrete,
     times_on_flow,
     ve_scale,
@@ -115,19 +126,31 @@ def _ddpm(run: Run, opts: dict):
 # --- schedulers on a sigma table (VE state or VP state with sigma levels) ------------------------
 
 
-def _drop_identity_end(run: Run, levels: np.ndarray) -> np.ndarray:
-    """A final step between equal levels (final sigma = the last evaluated one) changes nothing: drop it."""
+def _drop_identity_end(run: Run, levels: np.ndarray, sampler):
+    """A final step between equal levels (final sigma = the last evaluated one) changes nothing: drop it from the
+    grid (which must decrease strictly); a multistep sampler is told the pipeline's step count (`Truncated`)."""
     if levels.shape[0] > 2 and levels[-1] == levels[-2]:
         run.note("the last step goes between equal noise levels (final_sigmas_type='sigma_min'), an identity: dropped.")
-        return levels[:-1]
-    return levels
+        if isinstance(sampler, AbstractMultistepSampler):
+            sampler = Truncated(sampler, 1)
+        return levels[:-1], sampler
+    return levels, sampler
 
 
 def _sigma_run(run: Run, sched, levels: np.ndarray, sampler, *, state: str, nfe: int):
     """Counterpart of a run along VE levels `levels` on the scheduler's sigma table."""
-    levels = _drop_identity_end(run, levels)
-    schedule, table = sigma_discrete(sched)
-    ts = times_on_discrete(schedule, table, levels)
+    levels, sampler = _drop_identity_end(run, levels, sampler)
+    table = sigma_table(sched)
+    if np.all(np.diff(table) > 0):
+        schedule = Discrete(1.0 / (1.0 + table**2))
+        ts = times_on_discrete(schedule, table, levels)
+    else:
+        run.quirk(
+            "its sigma table is not increasing: with rescale_betas_zero_snr=True diffusers replaces alphas_cumprod[-1] "
+            "= 0 by 2**-24, which exceeds alphas_cumprod[-2] for this table, so sigma_max is smaller than the sigma of "
+            "the index below it. The schedule is a Discrete table of the run's own levels."
+        )
+        schedule, ts = levels_discrete(levels)
     scale0, scale_n = (ve_scale(levels[0]), ve_scale(levels[-1])) if state == "ve" else (1.0, 1.0)
     init = init_of(init_noise_sigma(sched), scale0)
     if levels[-1] > 0:
@@ -206,7 +229,7 @@ def _dpm_multistep(run: Run, opts: dict):
 
 def _flow_run(run: Run, sched, levels: np.ndarray, sampler, *, shift: float, nfe: int):
     """Counterpart of a run along flow levels $s$ (state: $(1 - s)x_0 + s\\varepsilon$) on `RectifiedFlow(shift)`."""
-    levels = _drop_identity_end(run, levels)
+    levels, sampler = _drop_identity_end(run, levels, sampler)
     schedule = RectifiedFlow(shift)
     ts = times_on_flow(schedule, levels)
     init = init_of(init_noise_sigma(sched), flow_scale(levels[0]))
@@ -238,10 +261,27 @@ def _flow_euler(run: Run, opts: dict):
 @register_handler("EDMEulerScheduler")
 def _edm_euler(run: Run, opts: dict):
     sched = run.copy()
-    levels = _drop_identity_end(run, _run_levels(sched))
+    levels, sampler = _drop_identity_end(run, _run_levels(sched), DDIM())
     schedule, ts = levels_discrete(levels)
     run.note("EDMEulerScheduler has no training table: the schedule is a Discrete table of the run's own levels.")
     init = init_of(init_noise_sigma(sched), ve_scale(levels[0]))
     if levels[-1] > 0:
         run.note(f"the run ends at sigma = {levels[-1]:.6g} > 0, not at the clean sample.")
-    return counterpart(run, schedule, DDIM(), ts, init, nfe=len(sched.timesteps), output_scale=ve_scale(levels[-1]))
+    return counterpart(run, schedule, sampler, ts, init, nfe=len(sched.timesteps), output_scale=ve_scale(levels[-1]))
+
+
+# --- classes whose sampler gaussdiff_jax does not have (yet) -------------------------------------
+
+_PENDING.update(
+    {
+        "LMSDiscreteScheduler": "needs the linear multistep (LMS) sampler in sigma.",
+        "PNDMScheduler": "needs the PNDM / PLMS sampler (pseudo linear multistep with its Runge-Kutta warm-up).",
+        "IPNDMScheduler": "needs the improved PNDM (iPNDM) sampler.",
+        "DPMSolverSinglestepScheduler": "needs the singlestep DPM-Solver sampler.",
+        "UniPCMultistepScheduler": "needs the UniPC (predictor-corrector) sampler.",
+        "DEISMultistepScheduler": "needs the DEIS multistep sampler.",
+        "KDPM2DiscreteScheduler": "needs the KDPM2 (DPM-Solver-2 in sigma) sampler.",
+        "KDPM2AncestralDiscreteScheduler": "needs the ancestral KDPM2 sampler.",
+        "FlowMatchHeunDiscreteScheduler": "needs Heun in flow sigma (not EDM's Heun: the step variable is s, not sigma).",
+    }
+)

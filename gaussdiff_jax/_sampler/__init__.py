@@ -24,4 +24,4 @@ from ._multistep import (
 from ._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from ._jain_zhang import JainZhang as JainZhang
 from ._diffusers_variants import DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M
-from ._relabel import DDIMStep as DDIMStep, Relabeled as Relabeled
+from ._relabel import DDIMStep as DDIMStep, Relabeled as Relabeled, Truncated as Truncated

@@ -126,3 +126,51 @@ class Relabeled(AbstractMultistepSampler):
             noise_residual=land.sigma - next_level.sigma,
         )
         return (*writes, (0, relabel)), state
+
+
+class Truncated(AbstractMultistepSampler):
+    r"""The first $N$ steps of a run of $N + $ `dropped` steps of `inner`: `inner` is told the longer step count.
+
+    For multistep samplers whose rules depend on the step count (DPM-Solver's lower-order final steps), when the
+    last `dropped` steps of a pipeline are identities (diffusers' `final_sigmas_type="sigma_min"` after a grid that
+    already ends at $\sigma_{\min}$) and are left out of the grid, which must be strictly decreasing.
+    """
+
+    inner: AbstractMultistepSampler
+    dropped: int = 1
+
+    def __check_init__(self):
+        if not isinstance(self.inner, AbstractMultistepSampler):
+            raise ValueError(f"Truncated needs a multistep sampler; got {type(self.inner).__name__}.")  # noqa: TRY004
+        if int(self.dropped) != self.dropped or self.dropped < 0:
+            raise ValueError(f"Truncated: dropped must be a non-negative integer; got {self.dropped!r}.")
+
+    @property
+    def num_slots(self) -> int:  # type: ignore[override]
+        return self.inner.num_slots
+
+    @property
+    def grid_slots(self) -> tuple[bool, ...]:
+        return self.inner.grid_slots
+
+    @property
+    def evaluations_per_step(self) -> int:  # type: ignore[override]
+        return self.inner.evaluations_per_step
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return self.inner.order
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.inner.stochastic
+
+    @property
+    def is_deterministic(self) -> bool:
+        return self.inner.is_deterministic
+
+    def init(self, schedule, t0):
+        return self.inner.init(schedule, t0)
+
+    def step(self, schedule, slots, next_level, state, info):
+        return self.inner.step(schedule, slots, next_level, state, info._replace(num_steps=info.num_steps + self.dropped))
