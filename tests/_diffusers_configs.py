@@ -44,6 +44,7 @@ class Config(NamedTuple):
             or float(step.get("eta", 0.0)) > 0
             or str(kw.get("algorithm_type", "")).startswith("sde")
             or bool(kw.get("stochastic_sampling"))
+            or float(step.get("s_churn", 0.0)) > 0
         )
 
 
@@ -75,7 +76,8 @@ CONFIGS: list[Config] = [
     _c("DDPMScheduler", "fixed_small_log", **NOCLIP, variance_type="fixed_small_log"),
     _c("DDPMScheduler", "fixed_small-v", **NOCLIP, prediction_type="v_prediction", timestep_spacing="trailing"),
     _c("DDPMScheduler", "fixed_large-trailing", **NOCLIP, variance_type="fixed_large", timestep_spacing="trailing"),
-    _c("DDPMScheduler", "fixed_large-leading", refused="t > 0", **NOCLIP, variance_type="fixed_large"),
+    _c("DDPMScheduler", "fixed_large-leading", **NOCLIP, variance_type="fixed_large"),
+    _c("DDPMScheduler", "fixed_large-linspace", **NOCLIP, variance_type="fixed_large", timestep_spacing="linspace"),
     _c("DDPMScheduler", "fixed_large_log", refused="NaN", **NOCLIP, variance_type="fixed_large_log"),
     _c("DDPMScheduler", "learned_range", refused="network's output", **NOCLIP, variance_type="learned_range"),
     # --- Euler ---------------------------------------------------------------------------------------------------
@@ -144,18 +146,42 @@ CONFIGS: list[Config] = [
     _c("FlowMatchEulerDiscreteScheduler", "shift3-terminal", tables=FLOW, shift=3.0, shift_terminal=0.05),
     _c("FlowMatchEulerDiscreteScheduler", "dynamic", refused="use_dynamic_shifting", tables=FLOW,
        use_dynamic_shifting=True),
-    _c("FlowMatchEulerDiscreteScheduler", "stochastic-shift1", refused=PENDING, tables=FLOW, shift=1.0,
-       stochastic_sampling=True),
-    _c("FlowMatchEulerDiscreteScheduler", "stochastic-shift3", refused=PENDING, tables=FLOW, shift=3.0,
-       stochastic_sampling=True),
+    _c("FlowMatchEulerDiscreteScheduler", "stochastic-shift1", tables=FLOW, shift=1.0, stochastic_sampling=True),
+    _c("FlowMatchEulerDiscreteScheduler", "stochastic-shift3", tables=FLOW, shift=3.0, stochastic_sampling=True),
+    # --- FlowMatch Heun ------------------------------------------------------------------------------------------
+    _c("FlowMatchHeunDiscreteScheduler", "shift1", tables=FLOW, shift=1.0),
+    _c("FlowMatchHeunDiscreteScheduler", "shift3", quirk="shift", tables=FLOW, shift=3.0),
+    # --- KDPM2 (+ ancestral) -------------------------------------------------------------------------------------
+    _c("KDPM2DiscreteScheduler", "linspace"),
+    _c("KDPM2DiscreteScheduler", "leading-offset1", timestep_spacing="leading", steps_offset=1),
+    _c("KDPM2DiscreteScheduler", "trailing", timestep_spacing="trailing"),
+    _c("KDPM2DiscreteScheduler", "karras", use_karras_sigmas=True),
+    _c("KDPM2DiscreteScheduler", "v_prediction", prediction_type="v_prediction"),
+    _c("KDPM2AncestralDiscreteScheduler", "linspace"),
+    _c("KDPM2AncestralDiscreteScheduler", "leading-offset1", timestep_spacing="leading", steps_offset=1),
+    _c("KDPM2AncestralDiscreteScheduler", "trailing", timestep_spacing="trailing"),
+    _c("KDPM2AncestralDiscreteScheduler", "karras", use_karras_sigmas=True),
+    # --- DPM-Solver singlestep -----------------------------------------------------------------------------------
+    _c("DPMSolverSinglestepScheduler", "2s"),
+    _c("DPMSolverSinglestepScheduler", "1s", solver_order=1),
+    _c("DPMSolverSinglestepScheduler", "3s", solver_order=3),
+    _c("DPMSolverSinglestepScheduler", "2s-heun", solver_type="heun"),
+    _c("DPMSolverSinglestepScheduler", "2s-no-lower_order_final", lower_order_final=False, final_sigmas_type="sigma_min"),
+    _c("DPMSolverSinglestepScheduler", "3s-sigma_min", solver_order=3, final_sigmas_type="sigma_min"),
+    _c("DPMSolverSinglestepScheduler", "2s-karras", use_karras_sigmas=True),
+    _c("DPMSolverSinglestepScheduler", "2s-dpmsolver", algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
+    _c("DPMSolverSinglestepScheduler", "2s-sde", algorithm_type="sde-dpmsolver++"),
+    _c("DPMSolverSinglestepScheduler", "3s-sde", quirk="D2", algorithm_type="sde-dpmsolver++", solver_order=3),
+    _c("DPMSolverSinglestepScheduler", "2s-flow", use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
+    # --- churn (step arguments of the Euler schedulers) --------------------------------------------------------------
+    _c("EulerDiscreteScheduler", "churn", quirk="before step", step={"s_churn": 2.0}),
+    _c("EulerDiscreteScheduler", "churn-window", quirk="before step", step={"s_churn": 5.0, "s_tmin": 0.5, "s_tmax": 8.0}),
+    _c("EDMEulerScheduler", "churn", quirk="before step", tables=FLOW, step={"s_churn": 2.0}),
+    _c("EulerDiscreteScheduler", "churn-v", refused="s_churn", step={"s_churn": 2.0}, prediction_type="v_prediction"),
     # --- pending samplers (other branches) -------------------------------------------------------------------------
     _c("LMSDiscreteScheduler", "linspace", refused=PENDING),
     _c("PNDMScheduler", "plms-leading", refused=PENDING, skip_prk_steps=True),
     _c("IPNDMScheduler", "default", refused=PENDING, tables=FLOW),
-    _c("DPMSolverSinglestepScheduler", "2s", refused=PENDING),
     _c("UniPCMultistepScheduler", "bh2", refused=PENDING),
     _c("DEISMultistepScheduler", "logrho", refused=PENDING),
-    _c("KDPM2DiscreteScheduler", "linspace", refused=PENDING),
-    _c("KDPM2AncestralDiscreteScheduler", "linspace", refused=PENDING),
-    _c("FlowMatchHeunDiscreteScheduler", "shift1", refused=PENDING, tables=FLOW, shift=1.0),
 ]

@@ -60,13 +60,8 @@ def upcast(sched):
     for name, value in list(vars(sched).items()):
         if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and name != "timesteps":
             setattr(sched, name, value.double())
-    if getattr(sched, "sigmas_interpol", None) is not None and type(sched).__name__.startswith("KDPM2"):
-        # diffusers: sigmas_interpol = sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp(), stored in float32.
-        sig = _base_sigmas(sched)
-        interpol = sig.log().lerp(sig.roll(1).log(), 0.5).exp()
-        interpol = torch.cat([interpol[:1], interpol[1:].repeat_interleave(2), interpol[-1:]])
-        assert torch.allclose(interpol.float().double(), sched.sigmas_interpol, rtol=1e-6, equal_nan=True)
-        sched.sigmas_interpol = interpol
+    if type(sched).__name__ in ("KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"):
+        _kdpm2_arrays(sched)
     if hasattr(sched, "alpha_t") and hasattr(sched, "lambda_t"):
         ac = sched.alphas_cumprod
         sched.alpha_t = torch.sqrt(ac)
@@ -74,10 +69,32 @@ def upcast(sched):
         sched.lambda_t = torch.log(sched.alpha_t) - torch.log(sched.sigma_t)
 
 
-def _base_sigmas(sched):
-    """KDPM2's sigmas before interleaving: [s0, s1, s1, ..., 0] -> [s0, s1, ..., 0]."""
+def _interleave(a):
+    return torch.cat([a[:1], a[1:].repeat_interleave(2), a[-1:]])
+
+
+def _kdpm2_arrays(sched):
+    """KDPM2(A)'s arrays derived from its levels, recomputed in float64 with diffusers' own lines (set_timesteps)."""
     sig = sched.sigmas
-    return torch.cat([sig[:1], sig[1::2]])
+    sigmas = torch.cat([sig[:1], sig[1::2]])[:-1]  # the levels before interleaving: [s0, ..., s_{N-1}, 0]
+    if type(sched).__name__ == "KDPM2DiscreteScheduler":
+        interpol = sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp()
+    else:
+        sigmas_next = sigmas.roll(-1)
+        sigmas_next[-1] = 0.0
+        sigmas_up = (sigmas_next**2 * (sigmas**2 - sigmas_next**2) / sigmas**2) ** 0.5
+        sigmas_down = (sigmas_next**2 - sigmas_up**2) ** 0.5
+        sigmas_down[-1] = 0.0
+        interpol = sigmas.log().lerp(sigmas_down.log(), 0.5).exp()
+        interpol[-2:] = 0.0
+        # Loose check: diffusers' float32 sigmas_down = sqrt(next^2 - up^2) cancels (relative error ~ 6e-8 (s/next)^2;
+        # it equals next^2 / s exactly), so only the formula, not the digits, can be compared.
+        for name, value in (("sigmas_up", sigmas_up), ("sigmas_down", sigmas_down)):
+            assert torch.allclose(_interleave(value).float().double(), getattr(sched, name), rtol=1e-2, atol=1e-30,
+                                  equal_nan=True)
+            setattr(sched, name, _interleave(value))
+    assert torch.allclose(_interleave(interpol).float().double(), sched.sigmas_interpol, rtol=1e-2, equal_nan=True)
+    sched.sigmas_interpol = _interleave(interpol)
 
 
 # --- the exact model -------------------------------------------------------------------------------
@@ -103,8 +120,10 @@ def level_and_input(sched, t, model_input):
         s = sched.sigmas[_index(sched)]
         scale = torch.sqrt((1 - s) ** 2 + s**2)
         return (1 - s) ** 2 / scale**2, model_input / scale
-    if name.startswith("KDPM2") and not sched.state_in_first_order:
+    if name == "KDPM2DiscreteScheduler" and not sched.state_in_first_order:
         sigma = sched.sigmas_interpol[_index(sched)]
+    elif name == "KDPM2AncestralDiscreteScheduler" and not sched.state_in_first_order:
+        sigma = sched.sigmas_interpol[_index(sched) - 1]  # as its scale_model_input
     else:
         sigma = sched.sigmas[_index(sched)]
     abar = 1 / (1 + sigma**2)

@@ -41,11 +41,10 @@ def make_scheduler(config: Config, table: str | None):
 
 
 def counterpart(config: Config, table, n, *, quiet=True):
-    eta = (config.step_kwargs or {}).get("eta", 0.0)
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore", gdj.DiffusersQuirkWarning)
-        return gdj.from_diffusers_scheduler(make_scheduler(config, table), n, eta=eta)
+        return gdj.from_diffusers_scheduler(make_scheduler(config, table), n, **(config.step_kwargs or {}))
 
 
 @eqx.filter_jit
@@ -118,11 +117,15 @@ def test_diffusers_oddities_warn(config):
     assert any(re.search(config.quirk, note) for note in r.notes)
 
 
-STOCHASTIC = {}
-for _c in TESTED:
-    STOCHASTIC.setdefault((_c.cls, _c.stochastic), _c) if _c.stochastic else None
-STOCHASTIC_CONFIGS = list(STOCHASTIC.values()) + [
-    c for c in TESTED if c.stochastic and c.id in ("DPMSolverMultistep:3m-sde", "DPMSolverMultistep:sde-dpmsolver-2")
+_FIRST_STOCHASTIC = {}
+for _config in TESTED:
+    if _config.stochastic:
+        _FIRST_STOCHASTIC.setdefault(_config.cls, _config)
+STOCHASTIC_CONFIGS = list(_FIRST_STOCHASTIC.values()) + [
+    c
+    for c in TESTED
+    if c.id in ("DDPM:fixed_large-trailing", "DPMSolverMultistep:3m-sde", "DPMSolverMultistep:sde-dpmsolver-2",
+                "DPMSolverSinglestep:3s-sde", "FlowMatchEulerDiscrete:stochastic-shift3", "EulerDiscrete:churn-window")
 ]
 
 

@@ -164,7 +164,16 @@ def _refuse_common(run: Run):
         )
 
 
-def from_diffusers_scheduler(scheduler: Any, num_inference_steps: int, *, eta: float = 0.0) -> DiffusersCounterpart:
+def from_diffusers_scheduler(
+    scheduler: Any,
+    num_inference_steps: int,
+    *,
+    eta: float = 0.0,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> DiffusersCounterpart:
     r"""The gaussdiff_jax counterpart of a configured diffusers scheduler run for `num_inference_steps`.
 
     **Arguments:**
@@ -173,6 +182,8 @@ def from_diffusers_scheduler(scheduler: Any, num_inference_steps: int, *, eta: f
       pipeline. It is not modified (a deep copy is used).
     - `num_inference_steps`: what the pipeline passes to `set_timesteps`.
     - `eta`: `DDIMScheduler.step`'s `eta` (the pipelines' `eta` argument); ignored by other schedulers.
+    - `s_churn`, `s_tmin`, `s_tmax`, `s_noise`: the churn arguments of `EulerDiscreteScheduler.step` and
+      `EDMEulerScheduler.step` (0 churn, as pipelines pass, by default); ignored by other schedulers.
 
     **Returns:** a `DiffusersCounterpart` `(schedule, sampler, ts, init, notes, scheduler, nfe, output_scale)` such
     that `gdj.sample_law(source, r.schedule, r.sampler, r.ts, init=r.init)` is the exact law of the pipeline's output
@@ -193,7 +204,9 @@ def from_diffusers_scheduler(scheduler: Any, num_inference_steps: int, *, eta: f
             f"from_diffusers_scheduler: no counterpart for {name}; supported: {', '.join(supported_schedulers())}."
         )
     _refuse_common(run)
-    return _HANDLERS[name](run, {"eta": float(eta)})
+    opts = {"eta": float(eta), "s_churn": float(s_churn), "s_tmin": float(s_tmin), "s_tmax": float(s_tmax),
+            "s_noise": float(s_noise)}
+    return _HANDLERS[name](run, opts)
 
 
 # --- helpers shared by the handlers ---------------------------------------------------------------

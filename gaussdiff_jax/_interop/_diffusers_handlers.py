@@ -24,7 +24,12 @@ from .._sampler import (
     DDIMStep,
     DiffusersSDEDPMSolver3M,
     DPMSolverMultistep,
+    DPMSolverSinglestep,
     EDMHeun,
+    EDMStochastic,
+    FlowMatchEuler,
+    FlowMatchHeun,
+    KDPM2,
     Relabeled,
     Truncated,
 )
@@ -95,7 +100,7 @@ def _ddpm(run: Run, opts: dict):
             f"has variance_type={variance!r}: the step variance comes from the network's output, which the exact "
             "Gaussian model does not define. Use 'fixed_small' or 'fixed_large'."
         )
-    if variance == "fixed_large_log":
+    if variance == "fixed_large_log":  # gdj.DDPM takes it as fixed_large (its intent); diffusers' output is NaN
         run.refuse(
             "has variance_type='fixed_large_log': its step takes the square root of _get_variance(), which returns "
             "log(beta_t) < 0 for this type, so every noisy step is NaN in diffusers 0.42 (a diffusers bug)."
@@ -105,21 +110,14 @@ def _ddpm(run: Run, opts: dict):
     T = int(run.opt("num_train_timesteps", 1000))
     schedule = vp_table(run, sched)
     ts = np.concatenate([(idx + 1.0) / T, [0.0]])
-    if variance in ("fixed_small", "fixed_small_log"):
-        sampler = DDIM(eta=1.0)
-        run.note(
-            "DDPM with the posterior variance is DDIM(eta=1); diffusers clamps the last step's variance (0) to 1e-20, "
-            "an absolute 1e-20 that is ignored."
-        )
-    elif variance == "fixed_large":
-        if idx[-1] == 0:
-            run.refuse(
-                "with variance_type='fixed_large' and a last timestep of 0 adds no noise on that step (its `t > 0` "
-                "rule), unlike DDPM with variance beta_t: the counterpart needs the diffusers DDPM rule sampler."
-            )
-        sampler = DDPM(beta="discrete", variance="beta")
-    else:
+    if variance not in ("fixed_small", "fixed_small_log", "fixed_large"):
         run.refuse(f"has an unknown variance_type {variance!r}.")
+    last = int(idx[-1])
+    if last == 0:
+        run.note("the last timestep is 0: diffusers adds noise only `if t > 0`, so the jump to x0 draws none.")
+    elif variance == "fixed_large":
+        run.note(f"the last timestep is {last} > 0: the jump to x0 adds noise of variance 1 - alphas_cumprod[{last}].")
+    sampler = DDPM(beta="discrete", variance=variance, clean_jump_noise=last > 0)
     return counterpart(run, schedule, sampler, ts, "standard", nfe=idx.shape[0])
 
 
@@ -171,12 +169,34 @@ def _run_levels(sched) -> np.ndarray:
     return as_float64(sched.sigmas)[: len(sched.timesteps) + 1]
 
 
+def _churn(run: Run, opts: dict, sigma_data):
+    """`EDMStochastic` as diffusers' Euler schedulers run churn (`step(s_churn=...)`), or None without churn."""
+    if opts["s_churn"] == 0.0:
+        return None
+    run.quirk(
+        "with s_churn > 0 the pipeline evaluates the model on the sample before step() adds the churn noise, and "
+        "step() uses that output as if it had been computed at the churned level sigma_hat (EDM evaluates the model "
+        "on the churned sample). Reproduced with EDMStochastic(churn_input='pre_churn')."
+    )
+    return EDMStochastic(
+        s_churn=opts["s_churn"], s_tmin=opts["s_tmin"], s_tmax=opts["s_tmax"], s_noise=opts["s_noise"],
+        solver="euler", churn_input="pre_churn", sigma_data=sigma_data,
+    )
+
+
 @register_handler("EulerDiscreteScheduler")
 def _euler(run: Run, opts: dict):
     _check_euler_options(run)
     sched = run.copy()
-    run.note("Euler in sigma is DDIM(eta=0); step(s_churn > 0) is not modelled (pipelines pass s_churn=0).")
-    return _sigma_run(run, sched, _run_levels(sched), DDIM(), state="ve", nfe=len(sched.timesteps))
+    sampler = DDIM()
+    if opts["s_churn"] > 0:
+        if run.opt("prediction_type", "epsilon") != "epsilon" or run.opt("interpolation_type") == "log_linear":
+            run.refuse(
+                "with s_churn > 0 needs prediction_type='epsilon' and linear interpolation: its v-prediction x0 uses "
+                "sigma where epsilon uses sigma_hat, and log_linear changes the churn's step count."
+            )
+        sampler = _churn(run, opts, None)
+    return _sigma_run(run, sched, _run_levels(sched), sampler, state="ve", nfe=len(sched.timesteps))
 
 
 @register_handler("EulerAncestralDiscreteScheduler")
@@ -185,12 +205,26 @@ def _euler_ancestral(run: Run, opts: dict):
     return _sigma_run(run, sched, _run_levels(sched), DDIM(eta=1.0), state="ve", nfe=len(sched.timesteps))
 
 
+def _two_stage_levels(sched) -> np.ndarray:
+    """The N + 1 levels of a two-stage scheduler (Heun, KDPM2, FlowMatch Heun), whose sigmas repeat each inner
+    level: [s0, s1, s1, ..., s_{N-1}, s_{N-1}, 0 (, 0, 0)]; it makes 2N - 1 model calls."""
+    sig = as_float64(sched.sigmas)
+    steps = (len(sched.timesteps) + 1) // 2
+    return np.concatenate([sig[:1], sig[1::2]])[: steps + 1]
+
+
 @register_handler("HeunDiscreteScheduler")
 def _heun(run: Run, opts: dict):
     sched = run.copy()
-    sig = as_float64(sched.sigmas)  # [s0, s1, s1, s2, s2, ..., s_{N-1}, s_{N-1}, 0]
-    levels = np.concatenate([sig[:1], sig[1::2]])
-    return _sigma_run(run, sched, levels, EDMHeun(), state="ve", nfe=len(sched.timesteps))
+    return _sigma_run(run, sched, _two_stage_levels(sched), EDMHeun(), state="ve", nfe=len(sched.timesteps))
+
+
+@register_handler("KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+def _kdpm2(run: Run, opts: dict):
+    sched = run.copy()
+    sampler = KDPM2(eta=1.0 if run.name.startswith("KDPM2Ancestral") else 0.0)
+    run.note("KDPM2's midpoints (sigmas_interpol) are recomputed in float64 from its levels: sqrt(sigma sigma_down).")
+    return _sigma_run(run, sched, _two_stage_levels(sched), sampler, state="ve", nfe=len(sched.timesteps))
 
 
 @register_handler("DPMSolverMultistepScheduler")
@@ -224,6 +258,29 @@ def _dpm_multistep(run: Run, opts: dict):
     return _sigma_run(run, sched, levels, sampler, state="vp", nfe=nfe)
 
 
+@register_handler("DPMSolverSinglestepScheduler")
+def _dpm_singlestep(run: Run, opts: dict):
+    sched = run.copy()
+    config = dict(sched.config)  # set_timesteps may switch lower_order_final on (uneven N, or a final sigma 0)
+    if bool(config.get("lower_order_final", True)) != bool(run.opt("lower_order_final", True)):
+        run.note("set_timesteps switched lower_order_final on (N not a multiple of solver_order, or final sigma 0).")
+    order, algorithm = int(config.get("solver_order", 2)), config.get("algorithm_type", "dpmsolver++")
+    if order == 3 and algorithm == "sde-dpmsolver++":
+        run.quirk("its third-order SDE step has the same D2 weight as the multistep one (- 1/2 for + 1/2): reproduced.")
+    sampler = DPMSolverSinglestep(
+        solver_order=order,
+        algorithm=algorithm,
+        solver_type=config.get("solver_type", "midpoint"),
+        lower_order_final=bool(config.get("lower_order_final", True)),
+        sde_third_order="diffusers",
+    )
+    levels = _run_levels(sched)
+    nfe = len(sched.timesteps)
+    if config.get("use_flow_sigmas"):
+        return _flow_run(run, sched, levels, sampler, shift=float(config.get("flow_shift", 1.0)), nfe=nfe)
+    return _sigma_run(run, sched, levels, sampler, state="vp", nfe=nfe)
+
+
 # --- flow matching and EDM -------------------------------------------------------------------------
 
 
@@ -238,10 +295,7 @@ def _flow_run(run: Run, sched, levels: np.ndarray, sampler, *, shift: float, nfe
     return counterpart(run, schedule, sampler, ts, init, nfe=nfe, output_scale=flow_scale(levels[-1]))
 
 
-@register_handler("FlowMatchEulerDiscreteScheduler")
-def _flow_euler(run: Run, opts: dict):
-    if run.opt("stochastic_sampling"):
-        run.refuse("with stochastic_sampling=True has no counterpart yet: needs the stochastic FlowMatch Euler sampler.")
+def _flow_shift_quirk(run: Run) -> float:
     shift = float(run.opt("shift", 1.0))
     if shift != 1.0 and not run.opt("use_karras_sigmas") and not run.opt("use_exponential_sigmas") and not run.opt(
         "use_beta_sigmas"
@@ -253,15 +307,29 @@ def _flow_euler(run: Run, opts: dict):
         )
     if run.opt("shift_terminal"):
         run.note(f"shift_terminal={run.opt('shift_terminal')}: stretched levels, read from the scheduler.")
+    return shift
+
+
+@register_handler("FlowMatchEulerDiscreteScheduler")
+def _flow_euler(run: Run, opts: dict):
+    shift = _flow_shift_quirk(run)
     sched = run.copy()
-    levels = _run_levels(sched)
-    return _flow_run(run, sched, levels, DDIM(), shift=shift, nfe=len(sched.timesteps))
+    sampler = FlowMatchEuler(stochastic_sampling=True) if run.opt("stochastic_sampling") else DDIM()
+    return _flow_run(run, sched, _run_levels(sched), sampler, shift=shift, nfe=len(sched.timesteps))
+
+
+@register_handler("FlowMatchHeunDiscreteScheduler")
+def _flow_heun(run: Run, opts: dict):
+    shift = _flow_shift_quirk(run)
+    sched = run.copy()
+    return _flow_run(run, sched, _two_stage_levels(sched), FlowMatchHeun(), shift=shift, nfe=len(sched.timesteps))
 
 
 @register_handler("EDMEulerScheduler")
 def _edm_euler(run: Run, opts: dict):
     sched = run.copy()
-    levels, sampler = _drop_identity_end(run, _run_levels(sched), DDIM())
+    sampler = _churn(run, opts, float(run.opt("sigma_data", 0.5))) or DDIM()
+    levels, sampler = _drop_identity_end(run, _run_levels(sched), sampler)
     schedule, ts = levels_discrete(levels)
     run.note("EDMEulerScheduler has no training table: the schedule is a Discrete table of the run's own levels.")
     init = init_of(init_noise_sigma(sched), ve_scale(levels[0]))
@@ -277,11 +345,7 @@ _PENDING.update(
         "LMSDiscreteScheduler": "needs the linear multistep (LMS) sampler in sigma.",
         "PNDMScheduler": "needs the PNDM / PLMS sampler (pseudo linear multistep with its Runge-Kutta warm-up).",
         "IPNDMScheduler": "needs the improved PNDM (iPNDM) sampler.",
-        "DPMSolverSinglestepScheduler": "needs the singlestep DPM-Solver sampler.",
         "UniPCMultistepScheduler": "needs the UniPC (predictor-corrector) sampler.",
         "DEISMultistepScheduler": "needs the DEIS multistep sampler.",
-        "KDPM2DiscreteScheduler": "needs the KDPM2 (DPM-Solver-2 in sigma) sampler.",
-        "KDPM2AncestralDiscreteScheduler": "needs the ancestral KDPM2 sampler.",
-        "FlowMatchHeunDiscreteScheduler": "needs Heun in flow sigma (not EDM's Heun: the step variable is s, not sigma).",
     }
 )
