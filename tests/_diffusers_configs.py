@@ -67,6 +67,8 @@ CONFIGS: list[Config] = [
     _c("DDIMScheduler", "linspace-eta0.5", quirk="not the next", step={"eta": 0.5}, **NOCLIP, timestep_spacing="linspace"),
     _c("DDIMScheduler", "trailing-zero-snr-v", **NOCLIP, **ZERO_SNR_V),
     _c("DDIMScheduler", "leading-sample", **NOCLIP, prediction_type="sample"),
+    _c("DDIMScheduler", "trailing-zero-snr-eps", refused="NaN", **NOCLIP, rescale_betas_zero_snr=True,
+       timestep_spacing="trailing"),
     _c("DDIMScheduler", "clip", refused="clip_sample/thresholding", clip_sample=True),
     _c("DDIMScheduler", "thresholding", refused="clip_sample/thresholding", **NOCLIP, thresholding=True),
     # --- DDPM --------------------------------------------------------------------------------------------------
@@ -75,6 +77,7 @@ CONFIGS: list[Config] = [
     _c("DDPMScheduler", "fixed_small-linspace", **NOCLIP, timestep_spacing="linspace"),
     _c("DDPMScheduler", "fixed_small_log", **NOCLIP, variance_type="fixed_small_log"),
     _c("DDPMScheduler", "fixed_small-v", **NOCLIP, prediction_type="v_prediction", timestep_spacing="trailing"),
+    _c("DDPMScheduler", "zero-snr-v", **NOCLIP, **ZERO_SNR_V),
     _c("DDPMScheduler", "fixed_large-trailing", **NOCLIP, variance_type="fixed_large", timestep_spacing="trailing"),
     _c("DDPMScheduler", "fixed_large-leading", **NOCLIP, variance_type="fixed_large"),
     _c("DDPMScheduler", "fixed_large-linspace", **NOCLIP, variance_type="fixed_large", timestep_spacing="linspace"),

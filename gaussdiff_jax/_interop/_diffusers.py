@@ -241,12 +241,6 @@ def sigma_table(sched) -> np.ndarray:
     return as_float64(((1 - ac) / ac) ** 0.5)
 
 
-def sigma_discrete(sched) -> tuple[Discrete, np.ndarray]:
-    """`Discrete` of the scheduler's own sigma table, and the table."""
-    sig = sigma_table(sched)
-    return Discrete(1.0 / (1.0 + sig**2)), sig
-
-
 def levels_discrete(levels: np.ndarray) -> tuple[Discrete, np.ndarray]:
     r"""A `Discrete` table made of a run's own positive VE levels (descending; a final 0 is the clean point), and the
     grid: the levels sit on the knots, so the grid is uniform, $t_k = (P - k)/P$ (then 0)."""

@@ -54,14 +54,22 @@ from ._diffusers import (
 # --- schedulers that index alphas_cumprod (VP state, integer timesteps) ---------------------------
 
 
-def _indices(sched) -> np.ndarray:
-    return as_float64(sched.timesteps).astype(np.int64)
+def _indices(run: Run, sched) -> np.ndarray:
+    """The integer timesteps; refuses a zero-SNR entry that diffusers turns into NaN with epsilon prediction."""
+    idx = as_float64(sched.timesteps).astype(np.int64)
+    visited = as_float64(sched.alphas_cumprod)[idx]
+    if np.any(visited <= 0) and run.opt("prediction_type", "epsilon") == "epsilon":
+        run.refuse(
+            "visits alphas_cumprod = 0 (rescale_betas_zero_snr=True) with prediction_type='epsilon': its x0 "
+            "prediction (x - sqrt(1 - abar) eps)/sqrt(abar) is 0/0 = NaN there. Use prediction_type='v_prediction'."
+        )
+    return idx
 
 
 @register_handler("DDIMScheduler")
 def _ddim(run: Run, opts: dict):
     sched = run.copy()
-    idx = _indices(sched)
+    idx = _indices(run, sched)
     T = int(run.opt("num_train_timesteps", 1000))
     ratio = T // run.n
     schedule = vp_table(run, sched)
@@ -106,7 +114,7 @@ def _ddpm(run: Run, opts: dict):
             "log(beta_t) < 0 for this type, so every noisy step is NaN in diffusers 0.42 (a diffusers bug)."
         )
     sched = run.copy()
-    idx = _indices(sched)
+    idx = _indices(run, sched)
     T = int(run.opt("num_train_timesteps", 1000))
     schedule = vp_table(run, sched)
     ts = np.concatenate([(idx + 1.0) / T, [0.0]])
