@@ -19,6 +19,7 @@ CLASSES = (
 TABLES = {
     "linear": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
 }
 STEPS = (5, 10, 25)
 
@@ -69,6 +70,7 @@ CONFIGS: list[Config] = [
     _c("DDIMScheduler", "leading-sample", **NOCLIP, prediction_type="sample"),
     _c("DDIMScheduler", "trailing-zero-snr-eps", refused="NaN", **NOCLIP, rescale_betas_zero_snr=True,
        timestep_spacing="trailing"),
+    _c("DDIMScheduler", "cosine-trailing", tables=("cosine",), **NOCLIP, timestep_spacing="trailing"),
     _c("DDIMScheduler", "clip", refused="clip_sample/thresholding", clip_sample=True),
     _c("DDIMScheduler", "thresholding", refused="clip_sample/thresholding", **NOCLIP, thresholding=True),
     # --- DDPM --------------------------------------------------------------------------------------------------
@@ -94,6 +96,7 @@ CONFIGS: list[Config] = [
     _c("EulerDiscreteScheduler", "sigma_min", final_sigmas_type="sigma_min"),
     _c("EulerDiscreteScheduler", "log_linear", quirk="log_linear", interpolation_type="log_linear"),
     _c("EulerDiscreteScheduler", "trailing-zero-snr-v", **ZERO_SNR_V),
+    _c("EulerDiscreteScheduler", "cosine-linspace", tables=("cosine",)),
     # --- Euler ancestral -----------------------------------------------------------------------------------------
     _c("EulerAncestralDiscreteScheduler", "linspace"),
     _c("EulerAncestralDiscreteScheduler", "leading-offset1", timestep_spacing="leading", steps_offset=1),
@@ -133,6 +136,10 @@ CONFIGS: list[Config] = [
     _c("DPMSolverMultistepScheduler", "dpmsolver-3", algorithm_type="dpmsolver", solver_order=3,
        final_sigmas_type="sigma_min"),
     _c("DPMSolverMultistepScheduler", "sde-dpmsolver-2", algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min"),
+    _c("DPMSolverMultistepScheduler", "2m-cosine", tables=("cosine",)),
+    _c("DPMSolverMultistepScheduler", "2m-cosine-clipped", tables=("cosine",), lambda_min_clipped=-5.1),
+    _c("DPMSolverMultistepScheduler", "2m-cosine-karras", refused="repeated first timestep", tables=("cosine",),
+       use_karras_sigmas=True),
     _c("DPMSolverMultistepScheduler", "thresholding", refused="clip_sample/thresholding", thresholding=True),
     _c("DPMSolverMultistepScheduler", "dynamic-shifting", refused="use_dynamic_shifting", use_dynamic_shifting=True,
        use_flow_sigmas=True),

@@ -260,7 +260,8 @@ def times_on_discrete(schedule: Discrete, table_sigmas: np.ndarray, levels: np.n
 
     Levels equal to a table entry sit on its knot $t = (i + 1)/T$; others are found by inverting the table's
     piecewise-linear log-SNR in closed form (below index 0: its $\sigma^2 \propto t$ head); $\sigma = 0$ is $t = 0$.
-    Checked: the schedule's sigma at the returned times equals `levels` to $10^{-12}$ relative."""
+    Checked: the schedule's sigma at the returned times equals `levels` to $10^{-12}$ relative (plus the
+    $10^{-16}$ absolute precision of $\sigma^2$ that a table of $\bar\alpha$ keeps where $\sigma \ll 1$)."""
     T = table_sigmas.shape[0]
     knots = (np.arange(T) + 1.0) / T
     ell_table = np.asarray(schedule.log_snr(jnp.asarray(knots)), dtype=np.float64)
@@ -283,7 +284,9 @@ def times_on_discrete(schedule: Discrete, table_sigmas: np.ndarray, levels: np.n
                 w = (ell_table[i] - ell) / (ell_table[i] - ell_table[i + 1])
                 out[k] = (i + 1.0 + w) / T
     got = np.asarray(schedule.sigma(jnp.asarray(out)), dtype=np.float64)
-    bad = np.abs(got - levels) > 1e-12 * np.maximum(levels, 1e-300)
+    # A Discrete table stores abar = 1/(1 + sigma^2): near abar = 1 it keeps sigma^2 to ~1e-16 absolute only.
+    safe = np.maximum(levels, 1e-300)
+    bad = np.abs(got - levels) > (1e-12 + 1e-15 / safe**2) * safe
     if np.any(bad):
         raise RuntimeError(f"internal: could not place noise levels {levels[bad].tolist()} on the table (got {got[bad]}).")
     return out

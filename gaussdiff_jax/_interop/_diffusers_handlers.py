@@ -143,8 +143,21 @@ def _drop_identity_end(run: Run, levels: np.ndarray, sampler):
     return levels, sampler
 
 
+def _check_first_timestep(run: Run, sched):
+    """diffusers' `index_for_timestep` starts a run at the *second* occurrence of a repeated first timestep."""
+    timesteps = as_float64(sched.timesteps)
+    if timesteps.shape[0] > 1 and np.sum(timesteps == timesteps[0]) > 1:
+        run.refuse(
+            f"with {run.n} steps has a repeated first timestep ({timesteps[:4].tolist()} ...): diffusers' "
+            "index_for_timestep then starts at its second occurrence (its image-to-image rule), skips the first noise "
+            "level and steps past the end of its sigmas (IndexError). This happens with squaredcos_cap_v2 and "
+            "use_karras_sigmas, whose timesteps are truncated, not rounded, to integers."
+        )
+
+
 def _sigma_run(run: Run, sched, levels: np.ndarray, sampler, *, state: str, nfe: int):
     """Counterpart of a run along VE levels `levels` on the scheduler's sigma table."""
+    _check_first_timestep(run, sched)
     levels, sampler = _drop_identity_end(run, levels, sampler)
     table = sigma_table(sched)
     if np.all(np.diff(table) > 0):
@@ -294,6 +307,7 @@ def _dpm_singlestep(run: Run, opts: dict):
 
 def _flow_run(run: Run, sched, levels: np.ndarray, sampler, *, shift: float, nfe: int):
     """Counterpart of a run along flow levels $s$ (state: $(1 - s)x_0 + s\\varepsilon$) on `RectifiedFlow(shift)`."""
+    _check_first_timestep(run, sched)
     levels, sampler = _drop_identity_end(run, levels, sampler)
     schedule = RectifiedFlow(shift)
     ts = times_on_flow(schedule, levels)
