@@ -18,6 +18,10 @@ All are recomputed here from the schedule alone (no diffusers import), as diffus
   between the table's ends (needs scipy). `use_karras_sigmas` is `gdj.grids.karras` and `use_exponential_sigmas`
   / `use_lu_lambdas` are `gdj.grids.log_snr_uniform`, between the same ends, for the linspace spacings.
 
+These builders are functions of `gdj.grids`; they are not in `gdj.grids.make` / `available` (whose default set
+`score_grids` scores, and which has no way yet to say that `flow_match` needs a `RectifiedFlow` or that
+`beta_sigmas` needs scipy).
+
 `init_noise_variance` gives `sample_law`'s `init` for pipelines that start from `init_noise_sigma * randn` in sigma
 (VE) units: $c = \mathrm{init\_noise\_sigma}^2\,\bar\alpha(t_0)$, i.e. $1 - \bar\alpha(t_0)$ for
 `init_noise_sigma` $= \sigma_{\max}$ (Euler-type schedulers with linspace/trailing spacing) and 1 for
@@ -32,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._schedule import AbstractSchedule, Discrete, RectifiedFlow
-from . import _grid
 from ._grid import Grid, _as_grid, _check_steps_vs_table, _discrete_only, _positive_int
 
 
@@ -155,22 +158,3 @@ def init_noise_variance(schedule: AbstractSchedule, t0, init_noise_sigma: float 
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"init_noise_sigma must be 'sigma_max', 'sqrt(sigma_max^2+1)' or a positive number; got {init_noise_sigma!r}.")
     return value**2 * ab
-
-
-def _register():
-    """Add the builders to `gdj.grids.make` / `available` (the registry lives in `_grid`)."""
-    extra = {
-        "euler_linspace": euler_linspace,
-        "multistep_linspace": lambda schedule, n, **kw: multistep_spacing(schedule, n, spacing="linspace", **kw),
-        "multistep_leading": lambda schedule, n, **kw: multistep_spacing(schedule, n, spacing="leading", **kw),
-        "multistep_trailing": lambda schedule, n, **kw: multistep_spacing(schedule, n, spacing="trailing", **kw),
-        "beta_sigmas": beta_sigmas,
-        "flow_match": flow_match,
-    }
-    for name, builder in extra.items():
-        _grid._BUILDERS.setdefault(name, builder)
-    discrete_only = ("euler_linspace", "multistep_linspace", "multistep_leading", "multistep_trailing", "beta_sigmas")
-    _grid._DISCRETE_ONLY = tuple(dict.fromkeys((*_grid._DISCRETE_ONLY, *discrete_only)))
-
-
-_register()
