@@ -20,7 +20,6 @@ import math
 import numpy as np
 import torch
 
-NOISE_ROWS = 64  # noise draws the row tensor has room for
 
 
 def _torch(*arrays):
@@ -82,8 +81,9 @@ class _Float64Proxy:
 
 def use_float64(module, monkeypatch):
     """Make scheduler `module` compute in float64 (see the module docstring); undone by `monkeypatch`."""
-    monkeypatch.setattr(module, "np", _Float64Proxy(np))
-    monkeypatch.setattr(module, "torch", _Float64Proxy(torch))
+    for name, real in (("np", np), ("torch", torch)):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, _Float64Proxy(real))
 
 
 class _Draws:
@@ -94,24 +94,26 @@ class _Draws:
 
     def __call__(self, shape, generator=None, device=None, dtype=None, layout=None, **kwargs):
         out = torch.zeros(shape, dtype=dtype or torch.float64)
-        if self.count >= NOISE_ROWS:
-            raise RuntimeError("more noise draws than rows")
+        if 2 + self.count >= shape[0]:
+            raise RuntimeError("more noise draws than rows: pass a larger noise_rows")
         out[2 + self.count] = 1.0
         self.count += 1
         return out
 
 
-def run(scheduler, model, level, *, d, init_scale, module=None, monkeypatch=None, scale_input=True, step_kwargs=None):
+def run(scheduler, model, level, *, d, init_scale, module=None, monkeypatch=None, scale_input=True, step_kwargs=None,
+        noise_rows=64):
     """Run the scheduler loop over `scheduler.timesteps` (already set); return (mean, variance) per mode (numpy).
 
     - `model(x, abar)` -> (linear part, offset): the exact model output for input rows `x` at signal fraction abar;
     - `level(scheduler, t)` -> abar of the model evaluation at timestep `t` (called after `scale_model_input`);
     - `init_scale`: the initial sample is `init_scale * z`;
-    - `module`, `monkeypatch`: the scheduler's module, whose `randn_tensor` is replaced (stochastic schedulers).
+    - `module`, `monkeypatch`: the scheduler's module, whose `randn_tensor` is replaced (stochastic schedulers);
+    - `noise_rows`: room for that many noise draws.
     """
     if module is not None:
         monkeypatch.setattr(module, "randn_tensor", _Draws())
-    latents = torch.zeros((2 + NOISE_ROWS, d), dtype=torch.float64)
+    latents = torch.zeros((2 + noise_rows, d), dtype=torch.float64)
     latents[1] = float(init_scale)
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(latents, t) if scale_input else latents

@@ -53,7 +53,8 @@ class DPMSolverSinglestep(AbstractMultistepSampler):
 
     **Facts:** 1 evaluation per step, `solver_order` slots (all grid levels). Order of the run: `solver_order` for
     the ODE variants when $N$ is a multiple of it and `lower_order_final=False` (the last group then has full
-    order), else at most 2 (one first-order last step); 1 for `"sde-dpmsolver++"`. **Init:** `"standard"`
+    order), else at most 2 (one first-order last step); 1 for `"sde-dpmsolver++"`, except 0 (no convergence) for
+    its order-3 `"heun"` variant with diffusers' weight. **Init:** `"standard"`
     (diffusers' `init_noise_sigma = 1`).
     """
 
@@ -89,7 +90,8 @@ class DPMSolverSinglestep(AbstractMultistepSampler):
     @property
     def order(self) -> int:  # type: ignore[override]
         if not self.is_deterministic:
-            return 1
+            broken = self.solver_order == 3 and self.solver_type == "heun" and self.sde_third_order == "diffusers"
+            return 0 if broken else 1
         return self.solver_order if not self.lower_order_final else min(self.solver_order, 2)
 
     def step_order(self, info, lands_clean):

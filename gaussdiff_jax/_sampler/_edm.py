@@ -34,7 +34,7 @@ from ._registry import register
 from ._stages import (
     euler_stage,
     level_from_ve_sigma_squared,
-    require_finite_sigma,
+    finite_sigma_state,
     select_level,
     sigma_step,
     slot_weights,
@@ -57,9 +57,10 @@ class EDMStochastic(AbstractMultistepSampler):
       `sigma_data`, 0.5 by default; `None` = $\varepsilon$-prediction, `EulerDiscreteScheduler`).
 
     **Facts:** Heun: 2 evaluations per step, 1 on a last step to $\sigma = 0$; Euler: 1. Order 2 (Heun) or 1
-    (Euler) without churn; 1 with churn (its noise is first order). `s_noise != 1` or `"pre_churn"` with
-    churn do not converge to the exact law. Slots: the point, the churned point (not a grid level) and, for
-    Heun, the predictor. Needs $\bar\alpha(t_0) > 0$. **Init:** EDM and k-diffusion start from
+    (Euler), with churn too: the churn noise takes the exact law at $\bar\sigma_i$ to the exact law at $\hat\sigma$,
+    so only the ODE step errs ($\gamma = S_{\rm churn}/N$ shrinks with the steps); `"pre_churn"` converges with
+    order 1; with churn and `s_noise != 1` the law does not converge (order 0). Slots: the point, the churned
+    point (not a grid level) and, for Heun, the predictor. Needs $\bar\alpha(t_0) > 0$. **Init:** EDM and k-diffusion start from
     $\bar\sigma_{\max}z$ (`init = 1 - abar(t_0)`); `EDMEulerScheduler` from $\sqrt{\bar\sigma_{\max}^2 + 1}\,z$
     (`init = "standard"`).
     """
@@ -92,7 +93,9 @@ class EDMStochastic(AbstractMultistepSampler):
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        return 2 if self.solver == "heun" and self.is_deterministic else 1
+        if not self.is_deterministic and float(self.s_noise) != 1.0:
+            return 0
+        return 2 if self.solver == "heun" else 1
 
     @property
     def evaluations_per_step(self) -> int:  # type: ignore[override]
@@ -105,6 +108,9 @@ class EDMStochastic(AbstractMultistepSampler):
     @property
     def grid_slots(self) -> tuple[bool, ...]:
         return (True, False, True)[: self.num_slots]  # slot 1: the churned point
+
+    def init(self, schedule, t0):
+        return finite_sigma_state(schedule, t0, "EDMStochastic")
 
     def num_evaluations(self, schedule, ts) -> int:
         if self.solver == "heun":
@@ -123,7 +129,7 @@ class EDMStochastic(AbstractMultistepSampler):
         inside = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
         gamma = jnp.where(inside, jnp.minimum(self.s_churn / n, math.sqrt(2) - 1), 0.0)
         hat = select_level(gamma > 0, level_from_ve_sigma_squared((sigma * (1 + gamma)) ** 2), cur)
-        scale = require_finite_sigma(jnp.sqrt(hat.alpha_bar / cur.alpha_bar), cur, "EDMStochastic")
+        scale = jnp.sqrt(hat.alpha_bar / cur.alpha_bar)
         cmb = Combination(
             base=0,
             scale=scale,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._core._errors import check
+from .._core._numerics import safe_sqrt
 from ._multistep import Combination, Level, half_log_snr_step
 
 
@@ -79,14 +80,17 @@ def ancestral_split(st: SigmaStep, eta) -> tuple[Array, Array]:
     $\sigma_{\rm down} = \bar\sigma_b\sqrt{1 - u}$, with $u = \min(1, \eta^2(1 - e^{-2h}))$. Returns $(u, \sqrt{1 - u})$."""
     one_minus_sq = jnp.where(st.infinite, 1.0, -jnp.expm1(-2 * st.h))  # (sigma_a^2 - sigma_b^2)/sigma_a^2
     u = jnp.minimum(1.0, jnp.asarray(eta) ** 2 * one_minus_sq)
-    return u, jnp.sqrt(1 - u)
+    return u, safe_sqrt(1 - u)  # u = 1 (capped, or a jump to sigma = 0): constant there, gradient 0
 
 
-def require_finite_sigma(x: Array, level: Level, name: str) -> Array:
-    r"""`x`, with a check that the level has finite VE noise ($\bar\alpha > 0$)."""
+def finite_sigma_state(schedule, t0, name: str) -> Array:
+    r"""A scalar solver state (0) that carries the check that the grid starts at a finite VE noise level
+    ($\bar\alpha(t_0) > 0$; $\bar\alpha$ only grows along the grid): a `ValueError` for concrete grids, a runtime error
+    inside jit."""
+    alpha_bar = jnp.asarray(schedule.alpha_bar(t0))
     return check(
-        x,
-        ~(level.alpha_bar > 0),
+        jnp.zeros((), dtype=alpha_bar.dtype),
+        ~(alpha_bar > 0),
         f"{name} steps in the VE noise level sigma = sqrt((1 - abar)/abar), which is infinite at abar = 0: "
         "start the grid at t_0 < 1 (a finite sigma_max, as in diffusers and k-diffusion).",
     )
