@@ -28,6 +28,10 @@ from ._core._source import GaussianSource as GaussianSource
 from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
+    DEIS as DEIS,
+    IPNDM as IPNDM,
+    LMS as LMS,
+    PNDM as PNDM,
     RK4 as RK4,
     AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
@@ -43,6 +47,7 @@ from ._sampler import (
     JainZhang as JainZhang,
     Level as Level,
     StepInfo as StepInfo,
+    UniPC as UniPC,
 )
 from ._schedule import (
     EDM as EDM,

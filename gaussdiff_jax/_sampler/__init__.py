@@ -23,3 +23,8 @@ from ._multistep import (
 )
 from ._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from ._jain_zhang import JainZhang as JainZhang
+from ._unipc import UniPC as UniPC
+from ._deis import DEIS as DEIS
+from ._lms import LMS as LMS
+from ._pndm import PNDM as PNDM
+from ._ipndm import IPNDM as IPNDM
