@@ -30,6 +30,10 @@ from ._sampler import (
     DDPM as DDPM,
     DDIMStep as DDIMStep,
     DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M,
+    DEIS as DEIS,
+    IPNDM as IPNDM,
+    LMS as LMS,
+    PNDM as PNDM,
     RK4 as RK4,
     AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
@@ -53,6 +57,7 @@ from ._sampler import (
     Relabeled as Relabeled,
     Truncated as Truncated,
     StepInfo as StepInfo,
+    UniPC as UniPC,
 )
 from ._schedule import (
     EDM as EDM,

@@ -30,3 +30,8 @@ from ._flow_match import FlowMatchEuler as FlowMatchEuler, FlowMatchHeun as Flow
 from ._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
 from ._diffusers_variants import DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M
 from ._relabel import DDIMStep as DDIMStep, Relabeled as Relabeled, Truncated as Truncated
+from ._unipc import UniPC as UniPC
+from ._deis import DEIS as DEIS
+from ._lms import LMS as LMS
+from ._pndm import PNDM as PNDM
+from ._ipndm import IPNDM as IPNDM
