@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import torch
 
-VP_INDEX = ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler")
+VP_INDEX = ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler")  # the level is alphas_cumprod[timestep]
 VP_SIGMA = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
             "DEISMultistepScheduler")
 FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
@@ -62,6 +62,8 @@ def upcast(sched):
             setattr(sched, name, value.double())
     if type(sched).__name__ in ("KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"):
         _kdpm2_arrays(sched)
+    if type(sched).__name__ == "IPNDMScheduler":
+        sched.alphas = (1.0 - sched.betas**2) ** 0.5  # diffusers' line in set_timesteps, in float64
     if hasattr(sched, "alpha_t") and hasattr(sched, "lambda_t"):
         ac = sched.alphas_cumprod
         sched.alpha_t = torch.sqrt(ac)
@@ -116,6 +118,8 @@ def level_and_input(sched, t, model_input):
     name = type(sched).__name__
     if name in VP_INDEX:
         return sched.alphas_cumprod[int(t)], model_input
+    if name == "IPNDMScheduler":  # its "betas" are VP noise scales, "alphas" the signal scales
+        return sched.alphas[_index(sched)] ** 2, model_input
     if name in FLOW or (name in VP_SIGMA and sched.config.get("use_flow_sigmas")):
         s = sched.sigmas[_index(sched)]
         scale = torch.sqrt((1 - s) ** 2 + s**2)
@@ -148,6 +152,8 @@ def model_output(sched, t, model_input, lam, mean):
         c_skip = sched.precondition_outputs(one, zero, sigma)
         c_out = sched.precondition_outputs(zero, one, sigma)
         return (D - c_skip * model_input / sched._get_conditioning_c_in(sigma)) / c_out
+    if name == "IPNDMScheduler":  # a v-prediction network: its step forms eps = sigma x + alpha v
+        return torch.sqrt(abar) * eps - torch.sqrt(1 - abar) * D
     prediction = sched.config.get("prediction_type", "epsilon")
     if prediction == "epsilon":
         return eps

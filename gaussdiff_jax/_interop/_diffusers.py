@@ -114,7 +114,6 @@ class Run:
 
 Handler = Callable[[Run, dict], DiffusersCounterpart]
 _HANDLERS: dict[str, Handler] = {}
-_PENDING: dict[str, str] = {}
 
 
 def register_handler(*names: str):
@@ -197,9 +196,6 @@ def from_diffusers_scheduler(
         raise ValueError(f"num_inference_steps must be a positive integer; got {num_inference_steps!r}.")
     run = Run(name, config, scheduler, int(num_inference_steps))
     if name not in _HANDLERS:
-        why = _PENDING.get(name)
-        if why is not None:
-            run.refuse(f"has no counterpart yet: {why}")
         raise ValueError(
             f"from_diffusers_scheduler: no counterpart for {name}; supported: {', '.join(supported_schedulers())}."
         )

@@ -25,15 +25,20 @@ from .._sampler import (
     DiffusersSDEDPMSolver3M,
     DPMSolverMultistep,
     DPMSolverSinglestep,
+    DEIS,
+    IPNDM,
+    LMS,
+    PNDM,
     EDMHeun,
     EDMStochastic,
+    UniPC,
     FlowMatchEuler,
     FlowMatchHeun,
     KDPM2,
     Relabeled,
     Truncated,
 )
-from .._schedule import Discrete, RectifiedFlow
+from .._schedule import Cosine, Discrete, RectifiedFlow
 from ._diffusers import (
     Run,
     as_float64,
@@ -42,7 +47,6 @@ from ._diffusers import (
     init_noise_sigma,
     init_of,
     levels_discrete,
-    _PENDING,
     register_handler,
     sigma_table,
     times_on_discrete,
@@ -360,14 +364,113 @@ def _edm_euler(run: Run, opts: dict):
     return counterpart(run, schedule, sampler, ts, init, nfe=len(sched.timesteps), output_scale=ve_scale(levels[-1]))
 
 
-# --- classes whose sampler gaussdiff_jax does not have (yet) -------------------------------------
+# --- the multistep zoo: UniPC, DEIS, LMS, PNDM, iPNDM ---------------------------------------------
 
-_PENDING.update(
-    {
-        "LMSDiscreteScheduler": "needs the linear multistep (LMS) sampler in sigma.",
-        "PNDMScheduler": "needs the PNDM / PLMS sampler (pseudo linear multistep with its Runge-Kutta warm-up).",
-        "IPNDMScheduler": "needs the improved PNDM (iPNDM) sampler.",
-        "UniPCMultistepScheduler": "needs the UniPC (predictor-corrector) sampler.",
-        "DEISMultistepScheduler": "needs the DEIS multistep sampler.",
-    }
-)
+
+@register_handler("UniPCMultistepScheduler")
+def _unipc(run: Run, opts: dict):
+    if getattr(run.original, "solver_p", None) is not None:
+        run.refuse("has solver_p set (another scheduler as predictor, solver_p + UniC): not supported.")
+    sampler = UniPC(
+        solver_order=int(run.opt("solver_order", 2)),
+        solver_type=run.opt("solver_type", "bh2"),
+        lower_order_final=bool(run.opt("lower_order_final", True)),
+        disable_corrector=tuple(run.opt("disable_corrector", ()) or ()),
+        predict_x0=bool(run.opt("predict_x0", True)),
+    )
+    sched = run.copy()
+    levels = _run_levels(sched)
+    nfe = len(sched.timesteps)
+    if levels[-1] == 0 and (
+        sampler.solver_type == "bh1" or not sampler.predict_x0 or (not sampler.lower_order_final and sampler.solver_order > 1)
+    ):
+        run.refuse(
+            "with final_sigmas_type='zero' and solver_type='bh1', predict_x0=False or lower_order_final=False returns "
+            "NaN samples in diffusers 0.42: its last step onto sigma = 0 has h = inf, and B(h) = -h (bh1), "
+            "sigma_t (e^h - 1) (noise prediction) or the divided differences (order > 1) multiply it by 0. Use "
+            "final_sigmas_type='sigma_min'."
+        )
+    if levels.shape[0] > 2 and levels[-1] == levels[-2] and (run.n - 2) not in sampler.disable_corrector:
+        run.refuse(
+            "ends with a step between equal noise levels (final_sigmas_type='sigma_min' after a grid that already ends "
+            "at sigma_min): that step is UniC's corrector alone (h = 0), which a grid of distinct levels cannot "
+            "express. Use final_sigmas_type='zero', or a spacing that does not end at sigma_min."
+        )
+    if run.opt("use_flow_sigmas"):
+        if levels[0] < 1.0 and abs(levels[0] - 1.0) <= 2e-6:
+            run.note("use_flow_sigmas: diffusers lowers a first level of 1 by 1e-6 (an infinite log-SNR otherwise).")
+        return _flow_run(run, sched, levels, sampler, shift=float(run.opt("flow_shift", 1.0)), nfe=nfe)
+    return _sigma_run(run, sched, levels, sampler, state="vp", nfe=nfe)
+
+
+@register_handler("DEISMultistepScheduler")
+def _deis(run: Run, opts: dict):
+    sampler = DEIS(solver_order=int(run.opt("solver_order", 2)), lower_order_final=bool(run.opt("lower_order_final", True)))
+    sched = run.copy()
+    levels = _run_levels(sched)
+    run.note("DEISMultistepScheduler ends at training index 0 (or repeats its last sigma: an identity), not at sigma = 0.")
+    nfe = len(sched.timesteps)
+    if run.opt("use_flow_sigmas"):
+        return _flow_run(run, sched, levels, sampler, shift=float(run.opt("flow_shift", 1.0)), nfe=nfe)
+    return _sigma_run(run, sched, levels, sampler, state="vp", nfe=nfe)
+
+
+@register_handler("LMSDiscreteScheduler")
+def _lms(run: Run, opts: dict):
+    sched = run.copy()
+    run.note("LMS of order 4 (step()'s default order); its coefficients are diffusers' scipy quadratures in closed form.")
+    return _sigma_run(run, sched, _run_levels(sched), LMS(4), state="ve", nfe=len(sched.timesteps))
+
+
+@register_handler("PNDMScheduler")
+def _pndm(run: Run, opts: dict):
+    if run.opt("prediction_type", "epsilon") != "epsilon":
+        run.refuse(
+            f"with prediction_type={run.opt('prediction_type')!r} combines the raw network outputs of several steps "
+            "(its Adams-Bashforth / Runge-Kutta sums) and converts the sum to a noise prediction with the current "
+            "level's alpha, sigma and sample: not PLMS on the noise prediction, and the result depends on the "
+            "parameterization. Only prediction_type='epsilon' has a counterpart."
+        )
+    sched = run.copy()
+    T = int(run.opt("num_train_timesteps", 1000))
+    ratio = T // run.n
+    idx = np.sort(np.unique(as_float64(sched._timesteps).astype(np.int64)))[::-1]
+    land = idx - ratio
+    if not (np.array_equal(land[:-1], idx[1:]) and land[-1] < 0):
+        run.refuse(
+            f"with timestep_spacing={run.opt('timestep_spacing')!r} and {run.n} steps steps from t to t - "
+            f"num_train_timesteps // num_inference_steps = t - {ratio}, which misses its next timestep "
+            f"({idx[:3].tolist()} ...), and its warm-up then restarts from t_1 + {ratio} instead of t_0: the levels "
+            "it mixes have no counterpart. Use timestep_spacing='leading' (its default)."
+        )
+    schedule = vp_table(run, sched)
+    clean = bool(run.opt("set_alpha_to_one", False))
+    final = 0.0 if clean else 1.0 / T
+    ts = np.concatenate([(idx + 1.0) / T, [final]])
+    skip_prk = bool(run.opt("skip_prk_steps", False))
+    sampler = PNDM(skip_prk_steps=skip_prk, prk_midpoint=(ratio // 2) / ratio if ratio > 1 else 0.5)
+    if not skip_prk and ratio < 2:
+        run.refuse("with skip_prk_steps=False needs num_train_timesteps // num_inference_steps >= 2 (RK midpoints).")
+    if ts[-2] == ts[-1]:
+        run.note("the last step goes from training index 0 to alpha_bar_0 (set_alpha_to_one=False), an identity: dropped.")
+        ts, sampler = ts[:-1], Truncated(sampler, 1)
+    if not clean:
+        run.note("set_alpha_to_one=False: the run ends at training index 0 (alpha_bar_0 < 1), not at the clean sample.")
+    return counterpart(run, schedule, sampler, ts, "standard", nfe=len(sched.timesteps))
+
+
+@register_handler("IPNDMScheduler")
+def _ipndm(run: Run, opts: dict):
+    if run.opt("trained_betas") is not None:
+        run.refuse("has trained_betas: its noise levels are then a user table without a counterpart.")
+    sched = run.copy()
+    sigma = as_float64(sched.betas)  # IPNDM's "betas" are the VP noise scales sin^2(pi s / 2)
+    alpha = np.sqrt(1.0 - sigma**2)
+    ts = np.arctan2(sigma, alpha) * 2.0 / np.pi  # Cosine(s=0): abar(t) = cos^2(pi t / 2)
+    run.note(
+        "IPNDMScheduler's levels (VP sigma = sin^2(pi s/2), alpha = sqrt(1 - sigma^2)) are Cosine(s=0) at "
+        "t = (2/pi) atan2(sigma, alpha); its model is a v-prediction network (any exact model is the same)."
+    )
+    return counterpart(run, Cosine(0.0), IPNDM(), ts, "standard", nfe=len(sched.timesteps))
+
+
