@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="optional extra [export] not installed: pip install torch diffusers")
 diffusers = pytest.importorskip("diffusers", reason="optional extra [export] not installed: pip install diffusers")
 
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
-import gaussdiff_jax as gdj  # noqa: E402
+import gaussdiff_jax as gdj
 
 TABLES = {
     "linear": {},

@@ -17,13 +17,12 @@ import pytest
 torch = pytest.importorskip("torch", reason="optional extra [export] not installed: pip install torch diffusers")
 diffusers = pytest.importorskip("diffusers", reason="optional extra [export] not installed: pip install diffusers")
 
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import _diffusers_loop as loop
+import equinox as eqx
+import jax.numpy as jnp
+from _diffusers_configs import CLASSES, CONFIGS, STEPS, TABLES, Config
 
-import gaussdiff_jax as gdj  # noqa: E402
-
-import _diffusers_loop as loop  # noqa: E402
-from _diffusers_configs import CLASSES, CONFIGS, STEPS, TABLES, Config  # noqa: E402
+import gaussdiff_jax as gdj
 
 LAM = np.array([1e-4, 3e-3, 0.05, 0.4, 1.0, 3.0, 12.0, 50.0])
 MEAN = np.array([0.7, -1.3, 0.2, 2.0, -0.5, 1.1, -3.0, 0.4])

@@ -14,12 +14,12 @@ grid, diffusers' DDIM/PNDM stride), `Truncated` (dropped identity final steps) a
 
 import math
 
+import _mc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _mc
 import gaussdiff_jax as gdj
 from gaussdiff_jax._core._multistep import _weights
 from gaussdiff_jax._sampler._multistep import Level, StepInfo

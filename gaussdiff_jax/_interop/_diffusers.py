@@ -192,7 +192,8 @@ def from_diffusers_scheduler(
     scheduler does something odd that the counterpart reproduces (the same text is in `notes`).
     """
     name, config = _config_of(scheduler)
-    if isinstance(num_inference_steps, bool) or int(num_inference_steps) != num_inference_steps or num_inference_steps < 1:
+    n = num_inference_steps
+    if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"num_inference_steps must be a positive integer; got {num_inference_steps!r}.")
     run = Run(name, config, scheduler, int(num_inference_steps))
     if name not in _HANDLERS:
@@ -284,7 +285,9 @@ def times_on_discrete(schedule: Discrete, table_sigmas: np.ndarray, levels: np.n
     safe = np.maximum(levels, 1e-300)
     bad = np.abs(got - levels) > (1e-12 + 1e-15 / safe**2) * safe
     if np.any(bad):
-        raise RuntimeError(f"internal: could not place noise levels {levels[bad].tolist()} on the table (got {got[bad]}).")
+        raise RuntimeError(
+            f"internal: could not place noise levels {levels[bad].tolist()} on the table (got {got[bad]})."
+        )
     return out
 
 
@@ -340,4 +343,4 @@ def counterpart(run: Run, schedule, sampler, ts, init, nfe: int, output_scale: f
     )
 
 
-from . import _diffusers_handlers as _diffusers_handlers  # noqa: E402,F401  (registers the handlers)
+from . import _diffusers_handlers  # noqa: F401  (registers the handlers)

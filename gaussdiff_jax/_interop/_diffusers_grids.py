@@ -14,9 +14,10 @@ All are recomputed here from the schedule alone (no diffusers import), as diffus
   $s_k = \mathrm{shift}(u_k)$ with $u_k$ uniform from 1 to $\mathrm{shift}(1/T)$ (the shift is applied to the already
   shifted smallest training sigma: twice), i.e. **times uniform from 1 to $\mathrm{shift}(1/T)$**, then 0; a grid
   uniform from 1 to $1/T$ is what a single shift would give.
-- `beta_sigmas`: `use_beta_sigmas=True` (Lee et al. 2024), $\sigma = \sigma_{\min} + F^{-1}_{\rm Beta(0.6, 0.6)}(1 - k/(N-1))(\sigma_{\max} - \sigma_{\min})$
-  between the table's ends (needs scipy). `use_karras_sigmas` is `gdj.grids.karras` and `use_exponential_sigmas`
-  / `use_lu_lambdas` are `gdj.grids.log_snr_uniform`, between the same ends, for the linspace spacings.
+- `beta_sigmas`: `use_beta_sigmas=True` (Lee et al. 2024),
+  $\sigma = \sigma_{\min} + F^{-1}_{\rm Beta(0.6, 0.6)}(1 - k/(N-1))(\sigma_{\max} - \sigma_{\min})$ between the
+  table's ends (needs scipy). `use_karras_sigmas` is `gdj.grids.karras` and `use_exponential_sigmas` /
+  `use_lu_lambdas` are `gdj.grids.log_snr_uniform`, between the same ends, for the linspace spacings.
 
 These builders are functions of `gdj.grids`; they are not in `gdj.grids.make` / `available` (whose default set
 `score_grids` scores, and which has no way yet to say that `flow_match` needs a `RectifiedFlow` or that
@@ -101,7 +102,9 @@ def multistep_spacing(
     _check_steps_vs_table(n, T, f"multistep_{spacing}")
     idx = multistep_indices(T, n, spacing, steps_offset=steps_offset)
     if np.any(np.diff(idx) >= 0) or idx.min() < 0 or idx.max() >= T:
-        raise ValueError(f"multistep_{spacing}: {n} steps give indices {idx.tolist()} that are not strictly decreasing.")
+        raise ValueError(
+            f"multistep_{spacing}: {n} steps give indices {idx.tolist()} that are not strictly decreasing."
+        )
     if final not in ("zero", "sigma_min"):
         raise ValueError(f"final must be 'zero' or 'sigma_min'; got {final!r}.")
     end = 0.0 if final == "zero" else 1.0 / T
@@ -114,7 +117,8 @@ def flow_match(schedule: RectifiedFlow, num_steps: int, *, num_train_timesteps: 
     $\mathrm{shift}(1/T) = k/(T + k - 1)$ (the doubly shifted last level; module docstring), then 0."""
     if not isinstance(schedule, RectifiedFlow):
         raise ValueError(  # noqa: TRY004
-            f"flow_match is FlowMatchEulerDiscreteScheduler's grid on a RectifiedFlow schedule; got {type(schedule).__name__}."
+            "flow_match is FlowMatchEulerDiscreteScheduler's grid on a RectifiedFlow schedule; got "
+            f"{type(schedule).__name__}."
         )
     n = _positive_int(num_steps, "num_steps")
     T = _positive_int(num_train_timesteps, "num_train_timesteps")
@@ -129,9 +133,9 @@ def flow_match(schedule: RectifiedFlow, num_steps: int, *, num_train_timesteps: 
 def beta_sigmas(
     schedule: Discrete, num_steps: int, *, alpha: float = 0.6, beta: float = 0.6, t_max: float = 1.0, t_floor=None
 ) -> Grid:
-    r"""`use_beta_sigmas=True`: levels $\sigma_{\min} + F^{-1}(1 - k/(N - 1))(\sigma_{\max} - \sigma_{\min})$ with $F$ the
-    Beta(`alpha`, `beta`) CDF, between $\sigma(t_{\max})$ and $\sigma(t_{\rm floor})$ (default: training index 0),
-    then 0. Needs scipy."""
+    r"""`use_beta_sigmas=True`: levels $\sigma_{\min} + F^{-1}(1 - k/(N - 1))(\sigma_{\max} - \sigma_{\min})$ with
+    $F$ the Beta(`alpha`, `beta`) CDF, between $\sigma(t_{\max})$ and $\sigma(t_{\rm floor})$ (default: training
+    index 0), then 0. Needs scipy."""
     try:
         from scipy import stats
     except ImportError:  # pragma: no cover
@@ -156,5 +160,8 @@ def init_noise_variance(schedule: AbstractSchedule, t0, init_noise_sigma: float 
         return 1.0
     value = float(init_noise_sigma)
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"init_noise_sigma must be 'sigma_max', 'sqrt(sigma_max^2+1)' or a positive number; got {init_noise_sigma!r}.")
+        raise ValueError(
+            "init_noise_sigma must be 'sigma_max', 'sqrt(sigma_max^2+1)' or a positive number; got "
+            f"{init_noise_sigma!r}."
+        )
     return value**2 * ab

@@ -3,14 +3,27 @@ r"""Per-class counterparts of diffusers' schedulers (registered into `from_diffu
 Each handler reads a deep copy of the scheduler after `set_timesteps` (see `_diffusers`), picks the sampler that
 performs the same update with the exact model, and places the run's noise levels on a schedule. The samplers:
 
-| diffusers | state | gaussdiff_jax sampler |
+| diffusers | state | sampler |
 |---|---|---|
-| `DDIMScheduler` (`eta`) | VP | `DDIM(eta)`; `Relabeled(DDIMStep(eta), landing)` where its stride misses the next timestep |
-| `DDPMScheduler` `fixed_small(_log)` / `fixed_large` | VP | `DDIM(eta=1)` / `DDPM(beta="discrete", variance="beta")` |
-| `EulerDiscreteScheduler`, `EDMEulerScheduler`, `FlowMatchEulerDiscreteScheduler` | VE / VE / flow | `DDIM()` (Euler in $\sigma$ is DDIM) |
-| `EulerAncestralDiscreteScheduler` | VE | `DDIM(eta=1)` (its $\sigma_{\rm up}, \sigma_{\rm down}$ are DDIM($\eta = 1$)'s) |
+| `DDIMScheduler` (`eta`) | VP | `DDIM(eta)`; `Relabeled(DDIMStep(eta), landing)` off its stride |
+| `DDPMScheduler` | VP | `DDPM(variance=variance_type, clean_jump_noise=timesteps[-1] > 0)` |
+| `PNDMScheduler` | VP | `PNDM(skip_prk_steps, prk_midpoint)` (leading-consistent strides only) |
+| `IPNDMScheduler` | VP | `IPNDM()` on `Cosine(s=0)` |
+| `EulerDiscreteScheduler` | VE | `DDIM()`; `EDMStochastic(solver="euler", churn_input="pre_churn")` with churn |
+| `EulerAncestralDiscreteScheduler` | VE | `DDIM(eta=1)` (its sigma_up / sigma_down are DDIM(1)'s) |
 | `HeunDiscreteScheduler` | VE | `EDMHeun()` |
-| `DPMSolverMultistepScheduler` | VP (flow with `use_flow_sigmas`) | `DPMSolverMultistep(...)` |
+| `KDPM2(Ancestral)DiscreteScheduler` | VE | `KDPM2(eta=0 / 1)` |
+| `LMSDiscreteScheduler` | VE | `LMS(4)` |
+| `EDMEulerScheduler` | VE | `DDIM()`; `EDMStochastic(..., sigma_data)` with churn |
+| `DPMSolverMultistepScheduler` | VP / flow | `DPMSolverMultistep(...)`; `DiffusersSDEDPMSolver3M` (SDE, order 3) |
+| `DPMSolverSinglestepScheduler` | VP / flow | `DPMSolverSinglestep(..., sde_third_order="diffusers")` |
+| `UniPCMultistepScheduler` | VP / flow | `UniPC(...)` |
+| `DEISMultistepScheduler` | VP / flow | `DEIS(...)` |
+| `FlowMatchEulerDiscreteScheduler` | flow | `DDIM()`; `FlowMatchEuler(stochastic_sampling=True)` |
+| `FlowMatchHeunDiscreteScheduler` | flow | `FlowMatchHeun()` |
+
+A final step between equal levels (an identity) is dropped from the grid; multistep samplers are then told the
+pipeline's step count (`Truncated`).
 """
 
 from __future__ import annotations
@@ -20,23 +33,23 @@ import numpy as np
 from .._sampler import (
     DDIM,
     DDPM,
+    DEIS,
+    IPNDM,
+    KDPM2,
+    LMS,
+    PNDM,
     AbstractMultistepSampler,
     DDIMStep,
     DiffusersSDEDPMSolver3M,
     DPMSolverMultistep,
     DPMSolverSinglestep,
-    DEIS,
-    IPNDM,
-    LMS,
-    PNDM,
     EDMHeun,
     EDMStochastic,
-    UniPC,
     FlowMatchEuler,
     FlowMatchHeun,
-    KDPM2,
     Relabeled,
     Truncated,
+    UniPC,
 )
 from .._schedule import Cosine, Discrete, RectifiedFlow
 from ._diffusers import (
@@ -56,6 +69,10 @@ from ._diffusers import (
 )
 
 # --- schedulers that index alphas_cumprod (VP state, integer timesteps) ---------------------------
+
+_IDENTITY_AT_0 = (
+    "the last step goes from training index 0 to alpha_bar_0 (set_alpha_to_one=False), an identity: dropped."
+)
 
 
 def _indices(run: Run, sched) -> np.ndarray:
@@ -86,19 +103,20 @@ def _ddim(run: Run, opts: dict):
     land = np.where(land_idx >= 0, (land_idx + 1.0) / T, final)
     if ts[-2] == ts[-1]:
         if ts.shape[0] == 2:
-            run.refuse("with this configuration runs one step from training index 0 to index 0: the output is the initial noise.")
-        run.note("the last step goes from training index 0 to alpha_bar_0 (set_alpha_to_one=False), an identity: dropped.")
+            run.refuse("runs one step, from training index 0 to index 0: its output is the initial noise.")
+        run.note(_IDENTITY_AT_0)
         ts, land = ts[:-1], land[:-1]
     eta = opts["eta"]
     if np.array_equal(land, ts[1:]):
         sampler = DDIM(eta=eta)
     else:
-        missed = [(int(a), int(b), int(c)) for a, b, c in zip(idx, land_idx, np.append(idx[1:], -1)) if b != c and b >= 0]
+        nxt = np.append(idx[1:], -1)
+        missed = [(int(a), int(b), int(c)) for a, b, c in zip(idx, land_idx, nxt) if b != c and b >= 0]
         run.quirk(
-            f"steps from timestep t to t - num_train_timesteps // num_inference_steps = t - {ratio}, which is not the next "
-            f"timestep with timestep_spacing={run.opt('timestep_spacing')!r} and {run.n} steps (t -> landing, next: "
-            f"{missed[:4]}{' ...' if len(missed) > 4 else ''}); the model is then evaluated at the next timestep on a "
-            "sample that is at the landing level. Reproduced with Relabeled(DDIMStep(eta), landing)."
+            f"steps from timestep t to t - num_train_timesteps // num_inference_steps = t - {ratio}, which is not the "
+            f"next timestep with timestep_spacing={run.opt('timestep_spacing')!r} and {run.n} steps (t -> landing, "
+            f"next: {missed[:4]}{' ...' if len(missed) > 4 else ''}); the model is then evaluated at the next "
+            "timestep on a sample that is at the landing level. Reproduced with Relabeled(DDIMStep(eta), landing)."
         )
         sampler = Relabeled(DDIMStep(eta=eta), land)
     return counterpart(run, schedule, sampler, ts, "standard", nfe=idx.shape[0])
@@ -260,9 +278,10 @@ def _dpm_multistep(run: Run, opts: dict):
     lower_order_final, euler_at_final = bool(run.opt("lower_order_final", True)), bool(run.opt("euler_at_final", False))
     if order == 3 and algorithm == "sde-dpmsolver++":
         run.quirk(
-            "solver_order=3 with algorithm_type='sde-dpmsolver++' weights D2 by alpha_t((1 - e^{-2h} - 2h)/(2h)^2 - 1/2); "
-            "the SDE's exponential integrator (and k-diffusion's sample_dpmpp_3m_sde) has + 1/2. The -alpha_t D2 "
-            "difference makes it a first-order solver. Reproduced with DiffusersSDEDPMSolver3M."
+            "solver_order=3 with algorithm_type='sde-dpmsolver++' weights D2 by "
+            "alpha_t((1 - e^{-2h} - 2h)/(2h)^2 - 1/2); the SDE's exponential integrator (and k-diffusion's "
+            "sample_dpmpp_3m_sde) has + 1/2. The -alpha_t D2 difference makes it a first-order solver. "
+            "Reproduced with DiffusersSDEDPMSolver3M."
         )
         sampler = DiffusersSDEDPMSolver3M(lower_order_final, euler_at_final)
     else:
@@ -381,9 +400,8 @@ def _unipc(run: Run, opts: dict):
     sched = run.copy()
     levels = _run_levels(sched)
     nfe = len(sched.timesteps)
-    if levels[-1] == 0 and (
-        sampler.solver_type == "bh1" or not sampler.predict_x0 or (not sampler.lower_order_final and sampler.solver_order > 1)
-    ):
+    high_order_end = not sampler.lower_order_final and sampler.solver_order > 1
+    if levels[-1] == 0 and (sampler.solver_type == "bh1" or not sampler.predict_x0 or high_order_end):
         run.refuse(
             "with final_sigmas_type='zero' and solver_type='bh1', predict_x0=False or lower_order_final=False returns "
             "NaN samples in diffusers 0.42: its last step onto sigma = 0 has h = inf, and B(h) = -h (bh1), "
@@ -405,10 +423,12 @@ def _unipc(run: Run, opts: dict):
 
 @register_handler("DEISMultistepScheduler")
 def _deis(run: Run, opts: dict):
-    sampler = DEIS(solver_order=int(run.opt("solver_order", 2)), lower_order_final=bool(run.opt("lower_order_final", True)))
+    sampler = DEIS(
+        solver_order=int(run.opt("solver_order", 2)), lower_order_final=bool(run.opt("lower_order_final", True))
+    )
     sched = run.copy()
     levels = _run_levels(sched)
-    run.note("DEISMultistepScheduler ends at training index 0 (or repeats its last sigma: an identity), not at sigma = 0.")
+    run.note("DEISMultistepScheduler ends at training index 0 (or repeats its last sigma), not at sigma = 0.")
     nfe = len(sched.timesteps)
     if run.opt("use_flow_sigmas"):
         return _flow_run(run, sched, levels, sampler, shift=float(run.opt("flow_shift", 1.0)), nfe=nfe)
@@ -418,7 +438,7 @@ def _deis(run: Run, opts: dict):
 @register_handler("LMSDiscreteScheduler")
 def _lms(run: Run, opts: dict):
     sched = run.copy()
-    run.note("LMS of order 4 (step()'s default order); its coefficients are diffusers' scipy quadratures in closed form.")
+    run.note("LMS of order 4 (step()'s default); its scipy quadratures of Lagrange polynomials are exact integrals.")
     return _sigma_run(run, sched, _run_levels(sched), LMS(4), state="ve", nfe=len(sched.timesteps))
 
 
@@ -452,7 +472,7 @@ def _pndm(run: Run, opts: dict):
     if not skip_prk and ratio < 2:
         run.refuse("with skip_prk_steps=False needs num_train_timesteps // num_inference_steps >= 2 (RK midpoints).")
     if ts[-2] == ts[-1]:
-        run.note("the last step goes from training index 0 to alpha_bar_0 (set_alpha_to_one=False), an identity: dropped.")
+        run.note(_IDENTITY_AT_0)
         ts, sampler = ts[:-1], Truncated(sampler, 1)
     if not clean:
         run.note("set_alpha_to_one=False: the run ends at training index 0 (alpha_bar_0 < 1), not at the clean sample.")

@@ -173,4 +173,5 @@ class Truncated(AbstractMultistepSampler):
         return self.inner.init(schedule, t0)
 
     def step(self, schedule, slots, next_level, state, info):
-        return self.inner.step(schedule, slots, next_level, state, info._replace(num_steps=info.num_steps + self.dropped))
+        longer = info._replace(num_steps=info.num_steps + self.dropped)
+        return self.inner.step(schedule, slots, next_level, state, longer)
