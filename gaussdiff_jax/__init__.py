@@ -17,6 +17,7 @@ from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, 
 # --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
 from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
 from ._core._dtype import cast as cast
+from ._core._errors import error_message as error_message, readable_errors as readable_errors
 from ._core._model_error import ErrorProfile as ErrorProfile
 from ._core._law import (
     GaussianLaw as GaussianLaw,
@@ -99,22 +100,35 @@ from ._analysis._optimal import (
 )
 
 # --- optimization: learnable modules, optimize, time steps for pretrained models ----------------------
+from ._optimization._grid_scores import (
+    GridComparison as GridComparison,
+    GridScore as GridScore,
+    format_table as format_table,
+    score_grid as score_grid,
+    score_grids as score_grids,
+)
 from ._optimization._learnable import (
     LearnableGrid as LearnableGrid,
     LearnableSchedule as LearnableSchedule,
     TimeWarp as TimeWarp,
     WarpedSchedule as WarpedSchedule,
 )
+from ._optimization._network_error import (
+    GaussianFit as GaussianFit,
+    fit_gaussian as fit_gaussian,
+    measure_error_profile as measure_error_profile,
+)
 from ._optimization._optimize import OptimizeResult as OptimizeResult, optimize as optimize
+from ._optimization._select import (
+    Candidate as Candidate,
+    TimestepSelection as TimestepSelection,
+    select_timesteps as select_timesteps,
+)
 from ._optimization._timesteps import (
     GridOptimization as GridOptimization,
-    GridScore as GridScore,
     compare_grids as compare_grids,
-    format_table as format_table,
     interpolation_cost as interpolation_cost,
     optimize_grid as optimize_grid,
-    score_grid as score_grid,
-    score_grids as score_grids,
 )
 
 # --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------

@@ -108,7 +108,7 @@ class AbstractSampler(eqx.Module):
         return self.evaluations_per_step * (int(np.shape(ts)[0]) - 1)
 
     def steps_for_nfe(self, nfe: int, *, ends_clean: bool = True) -> int:
-        """The largest number of steps whose NFE fits the budget `nfe` (0 if none does).
+        r"""The largest number of steps whose NFE fits the budget `nfe` (0 if none does).
 
         `ends_clean`: whether the grid ends at $\sigma = 0$ (samplers whose last step is cheaper there)."""
         return int(nfe) // self.evaluations_per_step
