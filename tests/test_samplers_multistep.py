@@ -172,6 +172,40 @@ def test_monte_carlo_full_coordinates(name):
     assert np.max(np.abs(z)) < Z_MAX, np.max(np.abs(z))
 
 
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ("unipc-3", "plms") else pytest.param(n, marks=pytest.mark.slow)
+     for n in ["unipc-3", "unipc-2-eps-disable", "deis-3", "lms-4", "plms", "pndm-prk", "ipndm"]],
+)
+def test_model_error_propagation_monte_carlo(name):
+    """A synthetic imperfect denoiser (exact posterior mean plus an independent N(0, U diag(s^2) U^T) error at every
+    evaluation, s^2 piecewise linear in log-SNR) in the literal loops against `sample_law(..., model_error=...)`:
+    UniPC's corrector reuses the evaluation at the uncorrected point in the predictor and later steps, PLMS's Heun
+    warm-up evaluates a scratch point once, RK's stages are folded into an unevaluated point; each evaluation's
+    error must enter every use with the right correlation. The law without the error must be rejected."""
+    rng = np.random.default_rng(5)
+    problem = _mc.random_problem(rng, LAM)
+    sampler, literal, schedule, ts = _case(name, 6)
+    ell = np.array([-10.0, -2.0, 2.0, 10.0])
+    moments = np.array([[0.3, 0.05, 0.2], [0.05, 0.2, 0.01], [0.02, 0.01, 0.03], [0.001, 0.002, 0.0]])
+
+    def std(abar):
+        level = math.log(abar / (1 - abar))
+        return np.sqrt(np.array([np.interp(level, ell, moments[:, i]) for i in range(3)]))
+
+    model = _mc_multistep.noisy_denoiser(problem, std, rng)
+    x = rng.standard_normal((100_000, 3))
+    kwargs = {"mean": problem.mu} if CASES[name][2] == "cosine" else {}
+    out = literal(model, _abars(schedule, ts), x, **kwargs)
+    source = gdj.GaussianSource(LAM, mean=problem.mean_coordinates)
+    profile = gdj.ErrorProfile(jnp.asarray(ell), jnp.asarray(moments))
+    law = gdj.sample_law(source, schedule, sampler, jnp.asarray(ts), model_error=profile)
+    z = _z_scores(out, problem, law)
+    assert np.max(np.abs(z)) < Z_MAX, np.max(np.abs(z))
+    exact = gdj.sample_law(source, schedule, sampler, jnp.asarray(ts))
+    assert np.max(np.abs(_z_scores(out, problem, exact))) > 10 * Z_MAX
+
 # ----------------------------------------------------------------------------------------------
 # diffusers' own loops in float64 (an exact Gaussian model per mode)
 
@@ -573,3 +607,50 @@ def test_invalid_options_are_clear_errors():
     ]:
         with pytest.raises(ValueError, match=text):
             make()
+
+
+FLOAT32_SAMPLERS = {
+    "unipc-2": gdj.UniPC(2),
+    "unipc-3": gdj.UniPC(3),
+    "unipc-3-bh1": gdj.UniPC(3, "bh1"),
+    "unipc-2-eps": gdj.UniPC(2, predict_x0=False),
+    "unip-3": gdj.UniPC(3, corrector=False),
+    "deis-2": gdj.DEIS(2),
+    "deis-3": gdj.DEIS(3),
+    "lms": gdj.LMS(),
+    "plms": gdj.PNDM(),
+    "pndm-prk": gdj.PNDM(skip_prk_steps=False),
+    "ipndm": gdj.IPNDM(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FLOAT32_SAMPLERS))
+def test_float32_matches_float64(name):
+    """The bar of `test_float32.py` / `test_multistep.py`: 1e-3 relative for N = 1 .. 10^4, both KL directions and
+    W2, on CIFAR-10 and a 1e-6..1e6 spectrum with a mean (linear beta, uniform grid 1 -> 1e-3, standard init)."""
+    from test_float32 import _grid32, _source32
+    from test_multistep import _both_precisions
+
+    source32 = _source32()
+    for n in (1, 10, 100, 1000, 10000):
+        single, double = (np.asarray(x, dtype=np.float64) for x in _both_precisions(source32, _grid32(n), FLOAT32_SAMPLERS[name]))
+        assert np.all(np.isfinite(single))
+        rel = np.abs(single / double - 1)
+        assert np.max(rel) < 1e-3, (name, n, rel)
+
+
+@pytest.mark.parametrize("sampler", [gdj.UniPC(2), gdj.UniPC(3, "bh1", predict_x0=False), gdj.DEIS(3), gdj.LMS(),
+                                     gdj.IPNDM(), gdj.IPNDM(0.0)])
+def test_start_at_abar_zero_is_finite(sampler):
+    """Grids from t = 1 on Cosine(0) start at abar = 0 (infinite sigma): the first step is DDIM written on D and
+    eps_hat, history points there leave the interpolation (lower order), UniPC skips its corrector across the
+    infinite step; the law is finite. PNDM's warm-up is undefined there: a clear error."""
+    law = gdj.sample_law(gdj.GaussianSource(LAM, mean=np.ones(3)), COSINE, sampler, jnp.linspace(1.0, 0.0, 9))
+    assert np.all(np.isfinite(np.asarray(law.variance))) and np.all(np.isfinite(np.asarray(law.mean_multiplier)))
+
+
+def test_pndm_start_at_abar_zero_is_a_clear_error():
+    for sampler in (gdj.PNDM(), gdj.PNDM(skip_prk_steps=False)):
+        with pytest.raises(Exception, match="PNDM: the grid starts at abar = 0"):
+            gdj.sample_law(gdj.GaussianSource(LAM), COSINE, sampler, jnp.linspace(1.0, 0.0, 9))
