@@ -249,7 +249,7 @@ EXPECTED_FACTS = {
     "flow-heun": (2, 2, True, 2, 19, 20),
     "dpmpp-2s": (1, 2, True, 2, 10, 10),
     "dpmpp-3s-heun": (1, 3, True, 3, 10, 10),
-    "dpm-3s": (1, 2, True, 3, 10, 10),
+    "dpm-3s": (1, 3, True, 3, 10, 10),
     "dpmpp-3s-sde": (1, 0, False, 3, 10, 10),
 }
 
