@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 
-
 def _torch(*arrays):
     return tuple(torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in arrays)
 

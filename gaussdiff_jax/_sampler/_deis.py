@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from ._lagrange import lagrange_monomials
 from ._multistep import AbstractMultistepSampler, Combination, half_log_snr_step, phi
 from ._registry import register
+from ._unipc import log_snr_step
 
 
 def _moments(h, new, cur, count: int):
@@ -83,7 +84,7 @@ class DEIS(AbstractMultistepSampler):
     def step(self, schedule, slots, next_level, state, info):
         p, k = self.solver_order, info.index
         cur, new = slots[0], next_level
-        h = half_log_snr_step(schedule, cur, new)
+        h = log_snr_step(schedule, cur, new)
         nodes = [half_log_snr_step(schedule, level, cur) for level in slots[1:p]]  # v_j = lambda_s - lambda_{s_j} > 0
         order = self._order(k, info.num_steps, nodes)
         moments = _moments(h, new, cur, p)

@@ -44,8 +44,9 @@ class DPMSolverSinglestep(AbstractMultistepSampler):
     - `solver_order`: 1, 2 or 3.
     - `algorithm`: `"dpmsolver++"`, `"dpmsolver"` or `"sde-dpmsolver++"` (diffusers' `algorithm_type`).
     - `solver_type`: `"midpoint"` or `"heun"` (the weights of the higher differences).
-    - `lower_order_final`: diffusers' flag (see the module docstring; the last step onto $\sigma = 0$ is first
-      order regardless).
+    - `lower_order_final`: diffusers' flag and default (see the module docstring; the last step onto $\sigma = 0$ is
+      first order regardless, and a last partial group is lower order anyway, so the default reproduces diffusers'
+      forced `lower_order_final=True` on its default grids).
     - `sde_third_order`: `"diffusers"` reproduces diffusers' weight on $D_2$ for `"sde-dpmsolver++"`, `"heun"`, order 3,
       $\alpha_t\big((1 - e^{-2h} - 2h)/(4h^2) - \tfrac12\big) \to -\alpha_t$ as $h \to 0$, which makes that step inconsistent;
       `"correct"` uses $\alpha_t\big((1 - e^{-2h} - 2h)/(4h^2) + \tfrac12\big) = 2h\alpha_t\varphi_3(-2h)$ (the exponential
@@ -61,7 +62,7 @@ class DPMSolverSinglestep(AbstractMultistepSampler):
     solver_order: int = 2
     algorithm: Algorithm = "dpmsolver++"
     solver_type: Literal["midpoint", "heun"] = "midpoint"
-    lower_order_final: bool = True
+    lower_order_final: bool = False
     sde_third_order: Literal["diffusers", "correct"] = "diffusers"
 
     stochastic = True  # the SDE variant draws noise (`is_deterministic` says per instance)

@@ -33,8 +33,8 @@ from ._multistep import AbstractMultistepSampler, Combination
 from ._registry import register
 from ._stages import (
     euler_stage,
-    level_from_ve_sigma_squared,
     finite_sigma_state,
+    level_from_ve_sigma_squared,
     select_level,
     sigma_step,
     slot_weights,
@@ -143,7 +143,6 @@ class EDMStochastic(AbstractMultistepSampler):
 
     def step(self, schedule, slots, next_level, state, info):
         cur, new = slots[0], next_level
-        n_slots = self.num_slots
         churn, hat = self._churn(cur, info)
         st = sigma_step(schedule, hat, new, on_grid=False)
         scale = jnp.sqrt(new.alpha_bar / hat.alpha_bar)  # alpha'/alpha_hat

@@ -27,8 +27,8 @@ from ._registry import register
 from ._stages import (
     ancestral_split,
     euler_stage,
-    level_from_ve_sigma_squared,
     finite_sigma_state,
+    level_from_ve_sigma_squared,
     sigma_step,
     slot_weights,
 )

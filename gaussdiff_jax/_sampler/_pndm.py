@@ -22,13 +22,15 @@ stage slots suffice.
 
 AB with constant weights assumes equal steps in the variable in which $e$ is smooth; on a general grid the
 mismatch between $\bar\sigma$-increments and step counts leaves a local error $O(h^3)$, so the run converges
-with order 2 (order 3 with `skip_prk_steps`, 4 with PRK, on grids uniform in $\bar\sigma$).
+with order 2 (measured on uniform log-SNR grids, with either warm-up). Both warm-ups divide by $\alpha_0$ (the
+Heun and RK stages restart from $x_0$ with a combined noise prediction): grids must start at $\bar\alpha(t_0) > 0$.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._core._errors import check
 from ._multistep import AbstractMultistepSampler, Combination, Level, alpha_bar_difference
 from ._registry import register
 
@@ -128,9 +130,15 @@ class PNDM(AbstractMultistepSampler):
         return max(int(nfe) - 9, 0) if nfe >= 12 else int(nfe) // 4
 
     def step(self, schedule, slots, next_level, state, info):
-        if self.skip_prk_steps:
-            return self._plms_step(schedule, slots, next_level, info), state
-        return self._prk_step(schedule, slots, next_level, info), state
+        writes = (self._plms_step if self.skip_prk_steps else self._prk_step)(schedule, slots, next_level, info)
+        target, last = writes[-1]
+        scale = check(
+            last.scale,
+            (info.index == 0) & ~(slots[0].alpha_bar > 0),
+            "PNDM: the grid starts at abar = 0 (e.g. t = 1 on Cosine or Tangent), where the Heun / Runge-Kutta "
+            "warm-up divides by alpha; start at t_0 < 1 (diffusers' tables never reach abar = 0) or use IPNDM.",
+        )
+        return writes[:-1] + ((target, last._replace(scale=scale)),), state
 
     def _plms_step(self, schedule, slots, new, info):
         k, cur = info.index, slots[0]

@@ -38,6 +38,15 @@ from ._multistep import AbstractMultistepSampler, Combination, half_log_snr_step
 from ._registry import register
 
 
+def log_snr_step(schedule, a, b):
+    r"""`half_log_snr_step` with $h = +\infty$ whenever `b` is clean ($1 - \bar\alpha_b = 0$): the schedule's rounded
+    increment can leave $-\Delta\bar\alpha/(1 - \bar\alpha_a)$ a hair above $-1$, i.e. $h \approx 18$ instead of $\infty$
+    (LinearBeta, $t_a = 0.07 \to 0$), and $e^{-h} \approx 10^{-8}$ would then break the stated mean transport of
+    the clean jump."""
+    h = half_log_snr_step(schedule, a, b)
+    return jnp.where(b.one_minus_alpha_bar == 0, jnp.inf, h)
+
+
 def _b_coefficients(hh, solver_type: str, count: int):
     r"""$B(h)$ and $b_n = n!\,\hat h\varphi_{n+1}(\hat h)/B(h)$ for $n = 1..$`count`, cancellation-free."""
     if solver_type == "bh1":  # B = hh: b_n = n! phi_{n+1}(hh)
@@ -64,7 +73,7 @@ class _Geometry:
     """One UniPC step's scalars: base level s0, target t, h, the history ratios r_i, B(h), b_n, K = alpha_t B or sigma_t B."""
 
     def __init__(self, sampler, schedule, s0, t, history, lands_clean):
-        self.h = half_log_snr_step(schedule, s0, t)
+        self.h = log_snr_step(schedule, s0, t)
         ok = jnp.isfinite(self.h) & (self.h > 0)
         h_safe = jnp.where(ok, self.h, 1.0)
         # H_i = lambda_{s0} - lambda_{s_i} > 0; r_i = -H_i / h. Non-finite H_i: a history point at abar = 0.
