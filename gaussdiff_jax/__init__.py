@@ -68,6 +68,8 @@ from ._schedule import (
     LinearBeta as LinearBeta,
     LogSNRLinear as LogSNRLinear,
     RectifiedFlow as RectifiedFlow,
+    SigmaFloor as SigmaFloor,
+    SubInterval as SubInterval,
     Tangent as Tangent,
 )
 

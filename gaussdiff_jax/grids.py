@@ -1,7 +1,7 @@
 """Time discretizations (grids) by name: the `t_0 > t_1 > ... > t_N` a sampler visits.
 
-The public face of `gaussdiff_jax._interop._grid` (see its docstring for where the model is evaluated,
-diffusers' spacings on `Discrete` tables and the NFE accounting):
+The public face of `gaussdiff_jax._interop._grid` and `._inverse` (see the former's docstring for where
+the model is evaluated, diffusers' spacings on `Discrete` tables and the NFE accounting):
 
 ```python
 import gaussdiff_jax as gdj
@@ -21,8 +21,8 @@ from ._interop._grid import (
     Grid as Grid,
     align_your_steps as align_your_steps,
     available as available,
+    describe as describe,
     interpolate as interpolate,
-    is_clean as is_clean,
     karras as karras,
     leading as leading,
     linspace as linspace,
@@ -31,10 +31,9 @@ from ._interop._grid import (
     make as make,
     num_evaluations as num_evaluations,
     quadratic as quadratic,
+    range_options as range_options,
     round_to_indices as round_to_indices,
     steps_for_nfe as steps_for_nfe,
-    time_of_log_snr as time_of_log_snr,
-    time_of_sigma as time_of_sigma,
     trailing as trailing,
     training_indices as training_indices,
     uniform as uniform,
@@ -47,3 +46,4 @@ from ._interop._diffusers_grids import (
     multistep_indices as multistep_indices,
     multistep_spacing as multistep_spacing,
 )
+from ._interop._inverse import is_clean as is_clean, time_of_log_snr as time_of_log_snr, time_of_sigma as time_of_sigma

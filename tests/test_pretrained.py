@@ -182,7 +182,7 @@ def test_batched_scores_match_direct_computation_across_chunks():
 
 def test_optimized_grid_never_worse_than_baselines():
     src = _small_cifar()
-    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 6, steps=150)
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 6, metric="kl", steps=150)
     cont = [b for b in res.baselines if not b.name.endswith("/int")]
     ints = [b for b in res.baselines if b.name.endswith("/int")]
     assert res.start == min(cont, key=lambda s: s.kl).name
@@ -211,7 +211,9 @@ def test_optimizer_that_cannot_improve_returns_the_best_baseline(how, capsys):
     the best baseline's grid comes back, with `improved=False` and a plain message (printed with progress)."""
     src = gdj.GaussianSource(np.array([0.01, 0.2, 1.0, 3.0]))
     optimizer = optax.sgd(1e4) if how == "diverges" else optax.scale(jnp.nan)
-    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 5, steps=4, optimizer=optimizer, integer=False, progress=True)
+    res = gdj.optimize_grid(
+        src, LINEAR, gdj.DDIM(), 5, metric="kl", steps=4, optimizer=optimizer, integer=False, progress=True
+    )
     best = min(res.baselines, key=lambda b: b.kl)
     assert not res.improved and res.start == best.name
     np.testing.assert_array_equal(np.asarray(res.optimized.times), np.asarray(best.times))
@@ -226,7 +228,7 @@ def test_integer_search_that_cannot_improve_returns_the_best_integer_baseline():
     """A 20-index table at 20 steps has a single integer grid: the search keeps it and says so."""
     small = gdj.Discrete.from_diffusers("linear", num_train_timesteps=20)
     src = gdj.GaussianSource(np.array([0.01, 0.2, 1.0, 3.0]))
-    res = gdj.optimize_grid(src, small, gdj.DDIM(), 20, steps=5)
+    res = gdj.optimize_grid(src, small, gdj.DDIM(), 20, metric="kl", steps=5)
     ints = [b for b in res.baselines if b.name.endswith("/int")]
     best = min(ints, key=lambda b: b.kl)
     assert res.rounded_improved is False
@@ -273,7 +275,9 @@ def test_optimized_grid_finds_isotropic_optimum():
     quadratic grid, the optimizer must find both."""
     lam, d, n = 2.0, 3, 5
     src = gdj.GaussianSource(np.full(d, lam))
-    res = gdj.optimize_grid(src, gdj.Tangent(math.sqrt(lam)), gdj.DDIM(), n, names=["quadratic"], steps=200)
+    res = gdj.optimize_grid(
+        src, gdj.Tangent(math.sqrt(lam)), gdj.DDIM(), n, metric="kl", names=["quadratic"], steps=200
+    )
     c = math.cos(math.pi / (2 * n)) ** (2 * n)
     assert res.optimized.kl == pytest.approx(d / 2 * (1 / c - 1 + math.log(c)), rel=1e-5)
     np.testing.assert_allclose(np.asarray(res.optimized.times), np.linspace(1, 0, n + 1), atol=2e-3)
@@ -282,9 +286,20 @@ def test_optimized_grid_finds_isotropic_optimum():
 
 def test_one_step_budget():
     src = _small_cifar()
-    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 1, steps=20)
-    assert res.optimized.times.shape == (2,) and np.isfinite(res.optimized.kl)
-    assert res.rounded.kl <= min(b.kl for b in res.baselines if b.name.endswith("/int"))
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 1, steps=20)  # the default metric: W2
+    assert res.optimized.times.shape == (2,) and np.isfinite(res.optimized.w2)
+    assert res.rounded.w2 <= min(b.w2 for b in res.baselines if b.name.endswith("/int"))
+
+
+def test_default_metric_is_w2_and_kl_is_finite_or_refused():
+    """W2 is the default objective (it predicts trained networks' sample quality; the KL does not): with a zero
+    eigenvalue the W2 optimization runs (the KL column is +inf), while asking for the KL is a clear error."""
+    src = gdj.GaussianSource(np.array([0.0, 0.05, 1.0]))
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 4, steps=10)
+    assert np.isfinite(res.optimized.w2) and res.optimized.kl == np.inf
+    assert res.rounded.w2 <= min(b.w2 for b in res.baselines if b.name.endswith("/int")) * (1 + 1e-12)
+    with pytest.raises(ValueError, match="singular target"):
+        gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 4, metric="kl", steps=10)
 
 
 def test_interpolation():

@@ -105,8 +105,12 @@ def grid_errors(
     init: str = "standard",
     target: str = "data",
     direction: str = "target_to_sample",
+    kl: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """KL and W2 (numpy, shape `(G,)` each) of a stack of grids of one length, in batched calls.
+
+    Against a target with a zero variance the KL is infinite: a clear `ValueError` when the KL is wanted
+    (`kl=True`), else reported as +inf next to the finite W2.
 
     The stack is cut into chunks of `chunk_size(d)` grids, the last one padded with copies of its first grid,
     so that any number of grids of one length reuses one compiled function.
@@ -119,6 +123,12 @@ def grid_errors(
         return np.zeros(0), np.zeros(0)
     size = chunk_size(source.eigenvalues.shape[-1])
     with_kl = _kl_finite(source, grids, target)
+    if kl and not with_kl:
+        raise ValueError(
+            "KL against a singular target: a mode has target variance 0 (a zero eigenvalue, with target='data' or "
+            "a grid ending at t = 0), so the KL is +inf. Floor the eigenvalues (jnp.maximum(eigenvalues, 1e-6)), "
+            "use target='truncated' with t_min > 0, or score by W2 (metric='w2'), which is finite."
+        )
     k_out, w_out = [], []
     for start in range(0, grids.shape[0], size):
         chunk = grids[start : start + size]
