@@ -29,6 +29,12 @@ from ._core._source import GaussianSource as GaussianSource
 from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
+    DDIMStep as DDIMStep,
+    DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M,
+    DEIS as DEIS,
+    IPNDM as IPNDM,
+    LMS as LMS,
+    PNDM as PNDM,
     RK4 as RK4,
     AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
@@ -36,14 +42,23 @@ from ._sampler import (
     AffineStep as AffineStep,
     Combination as Combination,
     DPMSolverMultistep as DPMSolverMultistep,
+    DPMSolverSinglestep as DPMSolverSinglestep,
     EDMHeun as EDMHeun,
+    EDMStochastic as EDMStochastic,
     Euler as Euler,
+    EulerAncestral as EulerAncestral,
     EulerMaruyama as EulerMaruyama,
     ExponentialIntegrator as ExponentialIntegrator,
+    FlowMatchEuler as FlowMatchEuler,
+    FlowMatchHeun as FlowMatchHeun,
     Heun as Heun,
     JainZhang as JainZhang,
+    KDPM2 as KDPM2,
     Level as Level,
+    Relabeled as Relabeled,
+    Truncated as Truncated,
     StepInfo as StepInfo,
+    UniPC as UniPC,
 )
 from ._schedule import (
     EDM as EDM,
@@ -119,6 +134,11 @@ from ._optimization._timesteps import (
 )
 
 # --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------
+from ._interop._diffusers import (
+    DiffusersCounterpart as DiffusersCounterpart,
+    DiffusersQuirkWarning as DiffusersQuirkWarning,
+    from_diffusers_scheduler as from_diffusers_scheduler,
+)
 from ._interop._export import (
     ExportWarning as ExportWarning,
     from_json as from_json,

@@ -8,6 +8,12 @@ import gaussdiff_jax as gdj
 ts = gdj.grids.karras(gdj.EDM(), 10)                 # or gdj.grids.make("karras", schedule, nfe=10)
 gdj.grids.available(gdj.Discrete.from_diffusers())   # every grid name that applies to a schedule
 ```
+
+diffusers' own spacings: `leading`, `trailing`, `linspace` (DDIM, DDPM, PNDM), `euler_linspace` (the Euler family's
+fractional linspace), `multistep_spacing` (DPM-Solver, UniPC, DEIS), `flow_match` (FlowMatch Euler's default),
+`karras` / `log_snr_uniform` / `beta_sigmas` (`use_karras_sigmas`, `use_exponential_sigmas`, `use_beta_sigmas`), and
+`init_noise_variance` for pipelines that start from `init_noise_sigma * randn` (`gdj.from_diffusers_scheduler` reads
+all of this off a configured scheduler).
 """
 
 from ._interop._grid import (
@@ -31,5 +37,13 @@ from ._interop._grid import (
     trailing as trailing,
     training_indices as training_indices,
     uniform as uniform,
+)
+from ._interop._diffusers_grids import (
+    beta_sigmas as beta_sigmas,
+    euler_linspace as euler_linspace,
+    flow_match as flow_match,
+    init_noise_variance as init_noise_variance,
+    multistep_indices as multistep_indices,
+    multistep_spacing as multistep_spacing,
 )
 from ._interop._inverse import is_clean as is_clean, time_of_log_snr as time_of_log_snr, time_of_sigma as time_of_sigma

@@ -23,3 +23,15 @@ from ._multistep import (
 )
 from ._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
 from ._jain_zhang import JainZhang as JainZhang
+from ._kdpm2 import KDPM2 as KDPM2
+from ._edm import EDMStochastic as EDMStochastic
+from ._euler_ancestral import EulerAncestral as EulerAncestral
+from ._flow_match import FlowMatchEuler as FlowMatchEuler, FlowMatchHeun as FlowMatchHeun
+from ._dpm_singlestep import DPMSolverSinglestep as DPMSolverSinglestep
+from ._diffusers_variants import DiffusersSDEDPMSolver3M as DiffusersSDEDPMSolver3M
+from ._relabel import DDIMStep as DDIMStep, Relabeled as Relabeled, Truncated as Truncated
+from ._unipc import UniPC as UniPC
+from ._deis import DEIS as DEIS
+from ._lms import LMS as LMS
+from ._pndm import PNDM as PNDM
+from ._ipndm import IPNDM as IPNDM

@@ -83,6 +83,9 @@ class ExponentialIntegrator(AbstractSampler):
         )
 
 
+_DDPM_VARIANCES = ("beta", "posterior", "fixed_large", "fixed_small", "fixed_large_log", "fixed_small_log")
+
+
 @register("ddpm", "DDPM ancestral sampling (Ho et al., discrete betas; ddpm-pg is Pierret-Galerne's linearized form)")
 class DDPM(AbstractSampler):
     r"""DDPM ancestral sampling, $y' = (y + \beta_k\,\mathrm{score})/\sqrt{1-\beta_k} + \sqrt{Q}\,\xi$.
@@ -91,11 +94,31 @@ class DDPM(AbstractSampler):
 
     - `beta`: `"discrete"` (Ho et al.: $\beta_k = 1 - \bar\alpha(s)/\bar\alpha(s')$, exact for any grid) or
       `"linearized"` ([PG]'s form: $\beta_k = h\,\beta(s)$; needs $\beta_k < 1$).
-    - `variance`: `"beta"` ($Q = \beta_k$) or `"posterior"` ($Q = \tilde\beta_k = \beta_k(1-\bar\alpha')/(1-\bar\alpha)$).
+    - `variance`: `"beta"` ($Q = \beta_k$) or `"posterior"` ($Q = \tilde\beta_k = \beta_k(1-\bar\alpha')/(1-\bar\alpha)$), or
+      diffusers' `variance_type` names: `"fixed_large"` = `"beta"`, `"fixed_small"` = `"posterior"` floored at
+      $10^{-20}$ as `DDPMScheduler` clamps it, `"fixed_small_log"` = `"fixed_small"` (the same standard deviation),
+      `"fixed_large_log"` = `"fixed_large"` (its evident intent: diffusers 0.42 takes the square root of
+      $\log\beta_k < 0$ and returns NaN samples).
+    - `clean_jump_noise`: whether the step that lands on the clean sample ($\bar\alpha' = 1$) draws noise. `False` is
+      Ho et al.'s Algorithm 2 ($z = 0$ at $t = 1$) and what `DDPMScheduler` does when its last timestep is training
+      index 0 (it adds noise only `if t > 0`: spacings "linspace", and "leading" with `steps_offset=0`); `True`
+      (the default, and diffusers' rule when the last timestep is above 0, e.g. "trailing") keeps $Q$ there,
+      which with `"beta"` / `"fixed_large"` is $1 - \bar\alpha(t_{N-1})$ of noise on the final sample.
+    - `clip_sample`, `thresholding`: diffusers' options; only `False` is accepted: clipping (or thresholding) the
+      $x_0$ prediction is a nonlinear map, after which the output is not Gaussian.
+
+    **Matching `DDPMScheduler`** (`prediction_type` "epsilon", "v_prediction" or "sample": all the same exact
+    denoiser): `beta="discrete"`, `variance=variance_type`, `clean_jump_noise=(timesteps[-1] > 0)`, on the grid of
+    its timesteps ($t = (i + 1)/T$, see `Discrete`) followed by $t = 0$, `init="standard"`.
     """
 
     beta: Literal["discrete", "linearized"] = "discrete"
-    variance: Literal["beta", "posterior"] = "beta"
+    variance: Literal[
+        "beta", "posterior", "fixed_large", "fixed_small", "fixed_large_log", "fixed_small_log"
+    ] = "beta"
+    clean_jump_noise: bool = True
+    clip_sample: bool = False
+    thresholding: bool = False
 
     stochastic = True
 
@@ -106,17 +129,31 @@ class DDPM(AbstractSampler):
         else:
             beta_k = (t - t_next) * schedule.beta(t)
             keep = 1 - beta_k
-        if self.variance == "beta":
-            q = beta_k
-        else:
-            q = beta_k * schedule.one_minus_alpha_bar(t_next) / schedule.one_minus_alpha_bar(t)
+        q = self._noise_variance(beta_k, schedule.one_minus_alpha_bar(t), schedule.one_minus_alpha_bar(t_next))
         return (x + beta_k * score_fn(x, t)) / jnp.sqrt(keep) + jnp.sqrt(q) * noise
 
     def __check_init__(self):
         if self.beta not in ("discrete", "linearized"):
             raise ValueError(f"DDPM: beta must be 'discrete' or 'linearized'; got {self.beta!r}.")
-        if self.variance not in ("beta", "posterior"):
-            raise ValueError(f"DDPM: variance must be 'beta' or 'posterior'; got {self.variance!r}.")
+        if self.variance not in _DDPM_VARIANCES:
+            raise ValueError(f"DDPM: variance must be one of {', '.join(_DDPM_VARIANCES)}; got {self.variance!r}.")
+        if self.clip_sample or self.thresholding:
+            raise ValueError(
+                "DDPM: clip_sample / thresholding clip the x0 prediction, a nonlinear map: the output is then not "
+                "Gaussian and has no closed-form law. Use clip_sample=False, thresholding=False."
+            )
+
+    def _noise_variance(self, beta_k, one_minus_ab, one_minus_ab_next):
+        """Q of one step (see the class docstring), broadcastable."""
+        if self.variance in ("beta", "fixed_large", "fixed_large_log"):
+            q = beta_k
+        else:
+            q = beta_k * one_minus_ab_next / one_minus_ab
+            if self.variance != "posterior":
+                q = jnp.maximum(q, 1e-20)  # DDPMScheduler._get_variance clamps the posterior variance
+        if not self.clean_jump_noise:
+            q = jnp.where(one_minus_ab_next == 0, 0.0, q)
+        return q
 
     def step(self, schedule, t, t_next, lam) -> AffineStep:
         mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
@@ -141,10 +178,7 @@ class DDPM(AbstractSampler):
             sqrt_keep = jnp.sqrt(1 - beta_k)
             gain_minus_one = (beta_k / (1 + sqrt_keep) - beta_k * inv_R2) / sqrt_keep
             offset = beta_k * mg.sqrt_alpha_bar / sqrt_keep * inv_R2
-        if self.variance == "beta":
-            noise = beta_k
-        else:
-            noise = beta_k * mg_next.one_minus_alpha_bar / mg.one_minus_alpha_bar
+        noise = self._noise_variance(beta_k, mg.one_minus_alpha_bar, mg_next.one_minus_alpha_bar)
         error = _score_weight(beta_k / sqrt_keep, mg, lam)
         return AffineStep(gain_minus_one, offset, jnp.broadcast_to(noise, jnp.shape(lam)), evaluations=((t, error),))
 
@@ -254,3 +288,5 @@ class RK4(AbstractRungeKutta):
 
 register("ddpm-pg", "DDPM ancestral, Pierret-Galerne linearized form", DDPM, aliases=("ddpm_pg",),
          defaults={"beta": "linearized"})
+register("ddpm-ho", "DDPM ancestral as Ho et al. Algorithm 2 (variance beta, no noise on the jump to x0)", DDPM,
+         defaults={"variance": "fixed_large", "clean_jump_noise": False})

@@ -14,8 +14,10 @@ class RectifiedFlow(AbstractSchedule):
 
     **Flow sigma.** At time $t$ the flow noise level is $s(t) = \frac{k\,t}{1 + (k-1)\,t}$ with shift $k$
     (`shift`; $k = 1$ gives $s = t$). This is the map that diffusers'
-    `FlowMatchEulerDiscreteScheduler` applies to its sigmas (`shift * s / (1 + (shift - 1) * s)`), so
-    a grid uniform in $t$ is that scheduler's default grid.
+    `FlowMatchEulerDiscreteScheduler` applies to its sigmas (`shift * s / (1 + (shift - 1) * s)`). That
+    scheduler's default grid is uniform in $t$ from 1 to $s(1/T)$, not to $1/T$: it spaces its timesteps between
+    its already shifted training sigmas and shifts them again, so the last evaluated level is $s(s(1/T))$
+    (`gdj.grids.flow_match` builds it; `gdj.from_diffusers_scheduler` reads it off a scheduler).
 
     **As a VP schedule.** Dividing by $\sqrt{(1-s)^2 + s^2}$ turns the flow path into
     $x_{\rm VP} = \sqrt{\bar\alpha}\,x_0 + \sqrt{1-\bar\alpha}\,z$ with
