@@ -12,9 +12,9 @@ import gaussdiff_jax as gdj
 TABLES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
-def _data(n=600, d=6, seed=0):
+def _data(n=600, d=6, seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
-    scales = np.geomspace(1.0, 0.02, d)
+    scales = scale * np.geomspace(1.0, 0.02, d)
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     return (rng.standard_normal((n, d)) * scales) @ q.T + 0.1
 
@@ -88,9 +88,11 @@ def test_error_profile_measures_a_known_error():
 
 def test_model_aware_selection_avoids_the_bad_noise_levels():
     """A network that is exact except at high noise: the model-aware steps start lower than the closed-form ones,
-    and the predicted objective improves on every baseline."""
+    and the predicted objective improves on every baseline. (Data with variance up to 64, like image pixels in
+    [-1, 1] along their top principal direction: starting below step 999 then costs W2, so the closed form does
+    not; for unit-variance data 𝒩(0, I) is already p_t at any step and it starts low anyway.)"""
     schedule = gdj.Discrete.from_diffusers("linear")
-    data = _data()
+    data = _data(scale=8.0)
     fit = gdj.fit_gaussian(data)
 
     def error(x, t):

@@ -86,8 +86,8 @@ def time_of_sigma(
     - `clip`: what to do with a level the schedule does not reach on the interval: `False` (default)
       raises, `True` returns the nearest end.
 
-    Levels within $10^{-9}$ (relative, in log-SNR) of the interval's ends return exactly `t_lo` / `t_hi`,
-    so $\sigma(t_{\max})$ and $\sigma(t_{\min})$ of a grid map back to its ends despite round-off.
+    Levels within $10^{-6}$ (relative, in log-SNR: float32 round-off) of the interval's ends return exactly `t_lo` /
+    `t_hi`, so $\sigma(t_{\max})$ and $\sigma(t_{\min})$ of a grid, or a float32 table's own levels, map back to its ends.
 
     **Raises:** `ValueError` for a negative or NaN level, or (unless `clip`) one outside the schedule's
     range $[\sigma(t_{\rm lo}), \sigma(t_{\rm hi})]$, naming that range. Out-of-range levels are an error
@@ -117,8 +117,9 @@ def time_of_sigma(
 
 
 def _near(target: np.ndarray, end: float) -> np.ndarray:
-    """Whether log-SNR values equal `end` up to 1e-9 relative (exactly, for an infinite end)."""
+    """Whether log-SNR values equal `end` up to float32 round-off, 1e-6 relative (exactly, for an infinite end):
+    levels read from a float32 table (diffusers' `sigmas`) must map to the table's own ends."""
     if not math.isfinite(end):
         return target == end
     with np.errstate(invalid="ignore"):
-        return np.abs(target - end) <= 1e-9 * max(1.0, abs(end))
+        return np.abs(target - end) <= 1e-6 * max(1.0, abs(end))
