@@ -185,3 +185,23 @@ def test_descend_finds_separable_minimum():
         return np.sum((batch - target) ** 2, axis=1).astype(np.float64)
 
     np.testing.assert_array_equal(grids.descend(objective, np.array([999, 749, 499, 249, 0])), target)
+
+
+def test_path_prediction_matches_monte_carlo():
+    """Exact-denoiser path error between two grids (different first steps) from the same noise vs the literal loop.
+
+    A large mean makes the standard-init mean offset (which differs between the grids' first steps) matter: leaving
+    it out of the prediction is ~6 standard errors off here."""
+    fit = _toy_fit()
+    fit = fit._replace(mean=10 * fit.mean)
+    lat = sampling.lattice("discrete")
+    m = fit.eigenvectors.T @ fit.mean
+    grid, ref_grid = np.array([760, 500, 200, 30]), np.arange(999, -1, -7)[:143]
+    x = np.random.default_rng(4).standard_normal((20_000, 6))
+    den = sampling.gaussian_denoiser(fit)
+    diff = sampling.ddim(den, x, grid, lat) - sampling.ddim(den, x, ref_grid, lat)
+    per_sample = np.mean(diff**2, axis=1)
+    prop = predict.propagate(fit.eigenvalues, m, lat.abar[grid])
+    ref = predict.propagate(fit.eigenvalues, m, lat.abar[ref_grid])
+    predicted = predict.path_prediction(prop, ref, 6) ** 2
+    assert abs(per_sample.mean() - predicted) < 4.5 * per_sample.std() / np.sqrt(per_sample.size)

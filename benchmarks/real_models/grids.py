@@ -8,10 +8,12 @@ sampler adds the final jump to the clean sample (`sampling`). Adding a candidate
   model's schedule, rounded to training steps with `gdj.grids.round_to_indices(..., duplicates="spread")`);
 - the toolkit's optimized grids (`gdj.optimize_grid` on the Gaussian with the training patches' spectrum and mean):
   `kl` (KL(data‖sample), the default), `kl_rev` (KL(sample‖data)) and `w2`; integer-polished on the discrete table;
-- `model_w2`, `model_w2b`, `model_path`: the model-aware prototypes, the integer grids minimizing the `W2+net`,
-  `W2 bound+net` and `path+net` predictions (`predict`) by best-improvement coordinate descent (moves of ±1 … ±128
-  steps per point, the first point free too), started from the best fixed or toolkit-optimized candidate under that
-  objective. The error profile they use is measured on *training* patches;
+- `w2_free`, `path_gauss`: closed forms without the network, with the first step free (the toolkit's grids start
+  at step 999): the integer grids minimizing the exact-denoiser $W_2$ and the exact-denoiser path error to the
+  1000-step run (`predict`), by best-improvement coordinate descent (`descend`: moves of ±1 … ±128 steps per point,
+  the first point included), started from the best fixed or toolkit-optimized grid under that objective;
+- `model_w2`, `model_w2b`, `model_path`: the model-aware prototypes, the same search on the `W2+net`,
+  `W2 bound+net` and `path+net` predictions, which use the network's error profile measured on *training* patches;
 - `select`, `select_net`: `gdj.select_timesteps(...)` without / with the network, only if the toolkit has it.
 
 For the flow model the lattice is $t = (i+1)/1000$ of `gdj.RectifiedFlow(1)`; noise-level grids and the optimized
@@ -137,14 +139,15 @@ def descend(objective: Callable[[np.ndarray], np.ndarray], steps: np.ndarray, *,
     return idx
 
 
-def model_aware(metric: str = "w2", starts: tuple[str, ...] | None = None) -> Callable[[Context, int], np.ndarray]:
-    """The model-aware prototype: minimize the `<metric>+net` prediction (`predict.model_values`) over integer grids."""
+def model_aware(metric: str = "w2", *, with_error: bool = True) -> Callable[[Context, int], np.ndarray]:
+    """Minimize a `predict.model_values` objective over integer grids with the first step free (`descend`), from the
+    best of the fixed and toolkit-optimized grids. `with_error=False`: the exact-denoiser closed form (no network)."""
 
     def build(ctx: Context, nfe: int) -> np.ndarray:
-        names = starts or tuple(n for n in CANDIDATES if not n.startswith(("model", "select")))
+        names = STARTS
 
         def objective(batch):
-            return predict.model_values(ctx.model, batch)[metric]
+            return predict.model_values(ctx.model, batch, with_error=with_error)[metric]
 
         inits = [CANDIDATES[n](ctx, nfe) for n in names]
         inits = [s for s in inits if s.shape[0] == nfe]
@@ -181,12 +184,15 @@ CANDIDATES: dict[str, Callable[[Context, int], np.ndarray]] = {
     "kl": optimized("kl"),
     "kl_rev": optimized("kl", "sample_to_target"),
     "w2": optimized("w2"),
+    "w2_free": model_aware("w2", with_error=False),
+    "path_gauss": model_aware("path", with_error=False),
     "model_w2": model_aware("w2"),
     "model_w2b": model_aware("w2b"),
     "model_path": model_aware("path"),
 }
 BASELINES = ("trailing", "leading", "linspace", "quadratic", "log_snr", "karras", "ays_sd15", "ays_sdxl")
 """The fixed (not optimized) grids: "best baseline" is the best of these."""
+STARTS = (*BASELINES, "kl", "kl_rev", "w2")
 
 if hasattr(gdj, "select_timesteps"):
     CANDIDATES |= {"select": select(False), "select_net": select(True)}

@@ -147,10 +147,10 @@ def name_of(dataset: str, head: str) -> str:
     return f"{dataset}_{head}"
 
 
-def save(model: Denoiser, name: str, meta: dict):
-    WEIGHTS.mkdir(exist_ok=True)
-    eqx.tree_serialise_leaves(WEIGHTS / f"{name}.eqx", model)
-    (WEIGHTS / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+def save(model: Denoiser, name: str, meta: dict, folder: Path = WEIGHTS):
+    folder.mkdir(parents=True, exist_ok=True)
+    eqx.tree_serialise_leaves(folder / f"{name}.eqx", model)
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def load(name: str) -> tuple[Denoiser, dict]:

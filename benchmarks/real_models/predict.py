@@ -22,8 +22,9 @@ exactly `gdj.sample_law` (tested). The objectives `W2+net`, `KL(d|s)+net` score 
 under-disperses, injected error *variance* can make that law look closer to the data, so two objectives keep the
 error as a cost instead: `W2 bound+net` $= W_2(\text{exact-denoiser law}) + \sqrt{\sum_i\sum_k (w_k P_{k+1,i})^2 E_{k,i}}$
 (the triangle inequality with the synchronous coupling of the network run and the exact-denoiser run from the same
-noise, to first order), and `path+net`, which adds the injected second moments $\sum_k (w_k P_{k+1})^2 E_k$ of the
-run and of the 1000-step reference to the exact-denoiser path error ($P_{k+1} = \prod_{j > k} g_j$).
+noise, to first order), and `path+net`, the expected distance to the 1000-step reference run from the same noise
+(`path_prediction`: gain and mean differences, plus the injected error variances $\sum_k (w_k P_{k+1})^2(E_k - b_k^2)$
+of both runs, $P_{k+1} = \prod_{j > k} g_j$).
 """
 
 from __future__ import annotations
@@ -160,8 +161,15 @@ def divergences(lam, prop: Propagated) -> dict[str, np.ndarray]:
 
 
 def path_prediction(prop: Propagated, ref: Propagated, d: int) -> np.ndarray:
-    """Predicted RMS (per pixel) difference between a run and the reference from the same initial noise."""
-    return np.sqrt(np.sum((prop.gain - ref.gain) ** 2 + prop.injected + ref.injected, axis=-1) / d)
+    r"""Predicted RMS (per pixel) difference between a run and the reference from the same initial noise $y_0$.
+
+    Per mode the output is $m + \mu + P\,y_0 + \text{(injected error)}$, so the expected squared difference is
+    $(P - P_{\rm ref})^2 + (\mu - \mu_{\rm ref})^2$ plus both runs' injected error variances (taken independent).
+    $\mu$ carries the standard-init mean offset $-P\sqrt{\bar a_0}\,m$, which differs between grids that start at
+    different steps, and the errors' means."""
+    spread = lambda p: np.maximum(p.variance - p.gain**2, 0.0)  # noqa: E731 (injected error variance)
+    per_mode = (prop.gain - ref.gain) ** 2 + (prop.mean_gap - ref.mean_gap) ** 2 + spread(prop) + spread(ref)
+    return np.sqrt(np.sum(per_mode, axis=-1) / d)
 
 
 class ModelContext(NamedTuple):

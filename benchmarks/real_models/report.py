@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 METRIC_NAMES = {"path": "path RMS", "fd_pix": "FD pixels", "fd_feat": "FD features"}
-HEADLINE = ("kl", "kl_rev", "w2", "model_w2", "model_w2b", "model_path", "select", "select_net")
+HEADLINE = ("kl", "kl_rev", "w2", "w2_free", "path_gauss", "model_w2", "model_w2b", "model_path", "select", "select_net")
 PROFILE_STEPS = (0, 49, 199, 499, 799, 949, 999)
 
 
@@ -93,6 +93,48 @@ def headline_table(runs, metric: str) -> str:
     return "\n".join(lines)
 
 
+SUMMARY = ("kl", "w2", "w2_free", "path_gauss", "model_w2b", "model_path")
+
+
+def summary_table(runs, metric: str) -> str:
+    """Per network and NFE: the best fixed baseline, and each recommended grid as ratio to it (rank among all)."""
+    shown = [h for h in SUMMARY if any(h in r["nfe"][n]["grids"] for r in runs for n in r["nfe"])]
+    lines = ["| network | NFE | best baseline | " + " | ".join(shown) + " | best of all |"]
+    lines.append("|---|---:|---|" + "---:|" * len(shown) + "---|")
+    for r in runs:
+        for n, e in r["nfe"].items():
+            meas, rk = e["measured"][metric], e["measured_ranks"][metric]
+            best = e["vs_best_baseline"][metric]["best_baseline"]
+            bval = meas[best][0]
+            cells = [f"{meas[h][0] / bval:.2f} ({rk[h]})" if h in meas else "–" for h in shown]
+            top = min(meas, key=lambda g: meas[g][0])
+            lines.append(f"| {r['network']} | {n} | {best} {_fmt(bval)} | " + " | ".join(cells) + f" | {top} |")
+    return "\n".join(lines)
+
+
+def target_check(runs, metrics=("fd_feat", "fd_pix"), nfes=("6", "10", "20"), tol=1.10) -> str:
+    """How often each recommended grid is within `tol` of the best baseline on the x0- and v-prediction networks."""
+    shown = [h for h in SUMMARY if any(h in r["nfe"][n]["grids"] for r in runs for n in r["nfe"])]
+    lines = ["| grid | " + " | ".join(f"{METRIC_NAMES[m]}: within {round((tol - 1) * 100)} %" for m in metrics) + " |"]
+    lines.append("|---|" + "---:|" * len(metrics))
+    picked = [r for r in runs if r["head"] in ("x0", "v")]
+    for h in shown:
+        cells = []
+        for m in metrics:
+            ok = total = 0
+            for r in picked:
+                for n in nfes:
+                    e = r["nfe"].get(n)
+                    if e is None or h not in e["measured"][m]:
+                        continue
+                    best = e["vs_best_baseline"][m]["best_baseline"]
+                    total += 1
+                    ok += e["measured"][m][h][0] <= tol * e["measured"][m][best][0]
+            cells.append(f"{ok}/{total}")
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ranks_table(runs, metric: str) -> str:
     names = list(runs[0]["nfe"][nfes_of(runs)[0]]["grids"])
     head = "| network | NFE | " + " | ".join(names) + " |"
@@ -165,6 +207,19 @@ def render(results: Path) -> str:
     out += ["## Error profiles", "", profile_table(runs), ""]
     for metric, title in METRIC_NAMES.items():
         out += [f"## Spearman ρ (predicted vs measured {title}), mean over NFE", "", spearman_table(runs, metric), ""]
+    for metric in ("fd_feat", "fd_pix", "path"):
+        out += [
+            f"## Summary by {METRIC_NAMES[metric]}: recommended grids as ratio to the best fixed baseline (rank of 16)",
+            "",
+            summary_table(runs, metric),
+            "",
+        ]
+    out += [
+        "## Targets: within 10 % of the best baseline at NFE 6, 10, 20 on the x0- and v-prediction networks",
+        "",
+        target_check(runs),
+        "",
+    ]
     for metric, title in METRIC_NAMES.items():
         out += [
             f"## {title}: best baseline vs optimized grids",

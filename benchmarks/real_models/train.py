@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -126,6 +127,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated names, e.g. rgb8_eps,grey16_v (default: all)")
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--out", default=str(models.WEIGHTS), help="folder for the .eqx/.json files")
     args = parser.parse_args(argv)
     wanted = set(filter(None, args.only.split(",")))
     total = time.perf_counter()
@@ -135,7 +137,7 @@ def main(argv=None):
             continue
         print(f"training {name} ({args.steps} steps)", flush=True)
         model, meta = train(dataset, head, steps=args.steps)
-        models.save(model, name, meta)
+        models.save(model, name, meta, Path(args.out))
         print(f"  saved {name}: {meta['params']} parameters, {meta['train_seconds']} s", flush=True)
     print(f"total {time.perf_counter() - total:.0f} s")
 
