@@ -55,10 +55,10 @@ def say(line: str = ""):
 
 def split_over_devices(source: gdj.GaussianSource) -> gdj.GaussianSource:
     """Place a source's modes over all devices (padding with weight-0 modes), as `sweep(sharding="modes")`."""
-    from gaussdiff_jax._scale._sharding import _pad_modes
+    from gaussdiff_jax._scale._padding import pad_modes
 
     mesh = Mesh(np.array(jax.devices()), ("devices",))
-    padded = _pad_modes(source, len(jax.devices()))
+    padded = pad_modes(source, multiple=len(jax.devices()))
     return jax.device_put(padded, NamedSharding(mesh, PartitionSpec("devices")))
 
 

@@ -17,6 +17,8 @@ from . import asymptotics as asymptotics, grids as grids, mixtures as mixtures, 
 # --- core: source -> schedule + grid -> sampler -> law -> divergence ---------------------------------
 from ._core._divergence import kl as kl, w2 as w2, w2_squared as w2_squared
 from ._core._dtype import cast as cast
+from ._core._errors import error_message as error_message, readable_errors as readable_errors
+from ._core._model_error import ErrorProfile as ErrorProfile
 from ._core._law import (
     GaussianLaw as GaussianLaw,
     continuous_limit as continuous_limit,
@@ -28,14 +30,20 @@ from ._sampler import (
     DDIM as DDIM,
     DDPM as DDPM,
     RK4 as RK4,
+    AbstractMultistepSampler as AbstractMultistepSampler,
     AbstractRungeKutta as AbstractRungeKutta,
     AbstractSampler as AbstractSampler,
     AffineStep as AffineStep,
+    Combination as Combination,
+    DPMSolverMultistep as DPMSolverMultistep,
     EDMHeun as EDMHeun,
     Euler as Euler,
     EulerMaruyama as EulerMaruyama,
     ExponentialIntegrator as ExponentialIntegrator,
     Heun as Heun,
+    JainZhang as JainZhang,
+    Level as Level,
+    StepInfo as StepInfo,
 )
 from ._schedule import (
     EDM as EDM,
@@ -45,6 +53,8 @@ from ._schedule import (
     LinearBeta as LinearBeta,
     LogSNRLinear as LogSNRLinear,
     RectifiedFlow as RectifiedFlow,
+    SigmaFloor as SigmaFloor,
+    SubInterval as SubInterval,
     Tangent as Tangent,
 )
 
@@ -61,7 +71,6 @@ from ._analysis._asymptotics import (
 )
 from ._analysis._ddim_closed_form import ddim_law as ddim_law
 from ._analysis._jain_zhang import (
-    JainZhang as JainZhang,
     JainZhangBoundTerms as JainZhangBoundTerms,
     chain_rule_kl_bound as chain_rule_kl_bound,
     jain_zhang_bound_terms as jain_zhang_bound_terms,
@@ -78,22 +87,35 @@ from ._analysis._optimal import (
 )
 
 # --- optimization: learnable modules, optimize, time steps for pretrained models ----------------------
+from ._optimization._grid_scores import (
+    GridComparison as GridComparison,
+    GridScore as GridScore,
+    format_table as format_table,
+    score_grid as score_grid,
+    score_grids as score_grids,
+)
 from ._optimization._learnable import (
     LearnableGrid as LearnableGrid,
     LearnableSchedule as LearnableSchedule,
     TimeWarp as TimeWarp,
     WarpedSchedule as WarpedSchedule,
 )
+from ._optimization._network_error import (
+    GaussianFit as GaussianFit,
+    fit_gaussian as fit_gaussian,
+    measure_error_profile as measure_error_profile,
+)
 from ._optimization._optimize import OptimizeResult as OptimizeResult, optimize as optimize
+from ._optimization._select import (
+    Candidate as Candidate,
+    TimestepSelection as TimestepSelection,
+    select_timesteps as select_timesteps,
+)
 from ._optimization._timesteps import (
     GridOptimization as GridOptimization,
-    GridScore as GridScore,
     compare_grids as compare_grids,
-    format_table as format_table,
     interpolation_cost as interpolation_cost,
     optimize_grid as optimize_grid,
-    score_grid as score_grid,
-    score_grids as score_grids,
 )
 
 # --- interop: export to diffusers, k-diffusion, JSON (grids: `gdj.grids`) -----------------------------

@@ -1,7 +1,7 @@
 """Time discretizations (grids) by name: the `t_0 > t_1 > ... > t_N` a sampler visits.
 
-The public face of `gaussdiff_jax._interop._grid` (see its docstring for where the model is evaluated,
-diffusers' spacings on `Discrete` tables and the NFE accounting):
+The public face of `gaussdiff_jax._interop._grid` and `._inverse` (see the former's docstring for where
+the model is evaluated, diffusers' spacings on `Discrete` tables and the NFE accounting):
 
 ```python
 import gaussdiff_jax as gdj
@@ -15,8 +15,8 @@ from ._interop._grid import (
     Grid as Grid,
     align_your_steps as align_your_steps,
     available as available,
+    describe as describe,
     interpolate as interpolate,
-    is_clean as is_clean,
     karras as karras,
     leading as leading,
     linspace as linspace,
@@ -25,11 +25,11 @@ from ._interop._grid import (
     make as make,
     num_evaluations as num_evaluations,
     quadratic as quadratic,
+    range_options as range_options,
     round_to_indices as round_to_indices,
     steps_for_nfe as steps_for_nfe,
-    time_of_log_snr as time_of_log_snr,
-    time_of_sigma as time_of_sigma,
     trailing as trailing,
     training_indices as training_indices,
     uniform as uniform,
 )
+from ._interop._inverse import is_clean as is_clean, time_of_log_snr as time_of_log_snr, time_of_sigma as time_of_sigma

@@ -188,3 +188,69 @@ def test_json_errors():
     with pytest.raises(ValueError, match="strictly decreasing"):
         gdj.from_json(json.dumps({"format": "gaussdiff_jax.grid", "version": 1, "times": [0.0, 1.0]}))
     assert math.isinf(gdj.from_json(gdj.to_json(jnp.array([0.5, 0.0]), gdj.Tangent(1.0)))["schedule"].sigma_max)
+
+
+def _strict(text: str) -> dict:
+    """Parse as strict JSON (no Infinity / NaN literals)."""
+
+    def refuse(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_and_reads_candidate_documents():
+    """One format: a grid at the top level and/or 'candidates' (what the gaussdiff command writes)."""
+    from gaussdiff_jax._interop._export import grid_fields
+
+    tangent = gdj.Tangent(0.7)  # sigma_max = inf: stored as "inf", its first sigma as null
+    ts = jnp.asarray([1.0, 0.5, 0.0])
+    doc = _strict(gdj.to_json(ts, tangent))
+    assert doc["schedule"]["sigma_max"] == "inf" and doc["sigmas"][0] is None
+    floor = gdj.SigmaFloor(gdj.LinearBeta(), 0.01)
+    result = {
+        "format": "gaussdiff_jax.grid",
+        "version": 1,
+        "command": "optimize",
+        "candidates": [
+            {"name": "a", **grid_fields(ts, tangent), "kl": 1.0},
+            {"name": "b", **grid_fields(jnp.asarray([0.9, 0.2, 0.0]), floor)},
+            {"name": "failed", "times": None, "schedule": None, "error": "could not build it"},
+        ],
+    }
+    back = gdj.from_json(json.dumps(result, allow_nan=False))
+    a, b, failed = back["candidates"]
+    assert isinstance(a["schedule"], gdj.Tangent) and math.isinf(a["schedule"].sigma_max) and a["kl"] == 1.0
+    assert isinstance(b["schedule"], gdj.SigmaFloor) and b["schedule"].sigma_min == 0.01
+    np.testing.assert_array_equal(np.asarray(b["times"]), [0.9, 0.2, 0.0])
+    assert failed["times"] is None and failed["schedule"] is None and failed["error"] == "could not build it"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["schedule"].update(name="tangent"), r"unknown field\(s\) \['name'\]"),
+        # gamma has a default: rebuilt with it, the stored sigmas disagree (instead of a silent other grid)
+        (lambda d: d["schedule"].pop("gamma"), "'sigmas' differ"),
+        (lambda d: d["schedule"].update(gamma=-1.0), "invalid Tangent parameters"),
+        (lambda d: d["sigmas"].__setitem__(1, 0.5), "'sigmas' differ from the schedule's sigma"),
+        (lambda d: d["times"].__setitem__(1, 0.4), "'sigmas' differ"),
+        (lambda d: d.update(schedule=[1, 2]), "'schedule' must be an object"),
+        (lambda d: d.pop("times"), "has no 'times'"),
+        (lambda d: d.update(candidates=[]), "non-empty list"),
+    ],
+)
+def test_json_edits_are_one_line_errors(change, message):
+    doc = json.loads(gdj.to_json(jnp.asarray([1.0, 0.5, 0.0]), gdj.Tangent(0.7, sigma_max=50.0)))
+    change(doc)
+    with pytest.raises(ValueError, match=message) as info:
+        gdj.from_json(json.dumps(doc))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="a JSON list"):
+        gdj.from_json(json.dumps([doc]))
+    warped = json.loads(gdj.to_json(jnp.asarray([1.0, 0.5, 0.0]), gdj.LearnableSchedule(3)))
+    del warped["schedule"]["warp"]
+    with pytest.raises(ValueError, match=r"cannot rebuild WarpedSchedule: missing field\(s\) \['warp'\]"):
+        gdj.from_json(json.dumps(warped))
+    with pytest.raises(ValueError, match="not JSON"):
+        gdj.from_json("{")

@@ -187,7 +187,7 @@ def test_ddim_rotation_formula(batch):
     """DDIM(eta=0) from N(0, I): v / R^2(t_min) = prod cos^2(dtheta) / R^2(t_0), for every lambda.
 
     At lambda = 1 this is prod cos^2(dtheta) < 1, not 1: DDIM is *not* exact at lambda = 1 (MATH.md
-    section 2 lists it among the exact samplers; that is a slip).
+    section 2: each step multiplies the variance by cos^2 of the angle step).
     """
     expected = _ddim_log_ratio_rotation(batch["lam"], batch["alpha_bars"], batch["ab0"])
     got = np.asarray(batch["laws"]["DDIM-0"]["standard"].log_variance_ratio)

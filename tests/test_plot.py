@@ -63,8 +63,9 @@ def test_plot_error_vs_nfe_sorts_and_matches_predictions(tmp_path):
     np.testing.assert_allclose(lines["ddim"].get_ydata(), [1.6, 0.4, 0.1])
     np.testing.assert_allclose(lines["heun"].get_xdata(), [20])  # KL = 0 has no place on a log axis
     pred = lines["ddim: leading term"]
-    assert pred.get_linestyle() == "--" and pred.get_color() == lines["ddim"].get_color()
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and ax.get_ylabel() == "KL"
+    assert pred.get_linestyle() == ":" and pred.get_color() == lines["ddim"].get_color()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and ax.get_ylabel() == "KL divergence (nats)"
+    assert "KL" in ax.get_title()  # a default title says what is drawn
     assert (tmp_path / "nfe.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -79,9 +80,61 @@ def test_plot_error_spectrum_uses_the_per_mode_divergence(tmp_path):
     np.testing.assert_allclose(line.get_xdata(), lam[order])
     np.testing.assert_allclose(line.get_ydata(), per_mode[order], rtol=1e-12)
     assert "1 modes with eigenvalue 0" in line.get_label()
+    assert f"total KL = {per_mode.sum():.4g}" in line.get_label()  # the divergence itself, in the legend
+    assert fig.axes[0].get_title() and "nats" in fig.axes[0].get_ylabel()
     fig = gdj.plot_error_spectrum(lam, per_mode, cumulative=True)
     (line,) = fig.axes[0].get_lines()
     np.testing.assert_allclose(line.get_ydata(), np.cumsum(per_mode[order]) / per_mode.sum(), rtol=1e-12)
+
+
+def test_error_vs_nfe_groups_sampler_and_schedule_labels():
+    # As `gaussdiff compare` labels its curves: colour = schedule, line style and marker = sampler.
+    samplers, schedules = ["ddim", "heun", "euler", "edm-heun"], ["edm", "tangent", "cosine"]
+    results = {
+        f"{a} / {b}": ([10, 20, 40], [3.0 + i, 1.0 + i, 0.5 + i])
+        for i, (a, b) in enumerate((a, b) for a in samplers for b in schedules)
+    }
+    predictions = {f"ddim / {b}": ([10, 20, 40], [2.0, 0.5, 0.125]) for b in schedules}
+    fig = gdj.plot_error_vs_nfe(results, predictions=predictions)
+    ax = fig.axes[0]
+    lines = lines_by_label(ax)
+    for a in samplers:
+        for b in schedules:
+            line = lines[f"{a} / {b}"]
+            assert line.get_color() == lines[f"ddim / {b}"].get_color()
+            assert (line.get_linestyle(), line.get_marker()) == (
+                lines[f"{a} / edm"].get_linestyle(),
+                lines[f"{a} / edm"].get_marker(),
+            )
+    assert len({lines[f"ddim / {b}"].get_color() for b in schedules}) == 3
+    assert len({(lines[f"{a} / edm"].get_linestyle(), lines[f"{a} / edm"].get_marker()) for a in samplers}) == 4
+    # The legend names each schedule and each sampler once (not 24 entries), and sits outside the axes.
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == schedules + samplers + ["leading-term prediction"]
+    assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
+
+
+def test_many_plain_labels_get_distinct_styles():
+    results = {f"curve {i}": ([10, 20], [1.0 + i, 0.5 + i]) for i in range(24)}
+    ax = gdj.plot_error_vs_nfe(results).axes[0]
+    styles = {(line.get_color(), str(line.get_linestyle()), line.get_marker()) for line in ax.get_lines()}
+    assert len(styles) == 24
+
+
+def test_figures_display_in_jupyter_without_pyplot():
+    formatter = pytest.importorskip("IPython.core.formatters").DisplayFormatter()
+    fig = gdj.plot_schedules({"cosine": gdj.Cosine()})
+    data, _ = formatter.format(fig)  # what IPython / Jupyter puts in a cell's output
+    assert data["image/png"][:8] == PNG_SIGNATURE
+    # ... and in a fresh interpreter, plotting never imports pyplot (no global figure list to leak into).
+    code = (
+        "import sys, gaussdiff_jax as gdj; gdj.plot_schedules({'c': gdj.Cosine()}); "
+        "print('matplotlib.pyplot' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 def test_plots_draw_into_given_axes_and_leave_the_backend_alone():

@@ -6,9 +6,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gaussdiff_jax as gdj
+from gaussdiff_jax._optimization._grid_scores import grid_errors
 
 LINEAR = gdj.Discrete.from_diffusers("linear")
 SD = gdj.Discrete.from_diffusers("scaled_linear")
@@ -164,19 +166,107 @@ def test_float32_scores_agree_with_float64():
         assert s32.kl == pytest.approx(r.kl, rel=1e-2) and s32.w2 == pytest.approx(r.w2, rel=2e-4)
 
 
+def test_batched_scores_match_direct_computation_across_chunks():
+    """40 random grids (three chunks of 16, the last padded) scored in batches = each grid's own sample_law."""
+    src = gdj.GaussianSource(np.array([0.02, 0.3, 1.0, 5.0]), mean=np.array([0.5, 0.0, -1.0, 2.0]))
+    rng = np.random.default_rng(3)
+    inner = np.sort(rng.uniform(1e-3, 0.999, size=(40, 5)), axis=1)[:, ::-1]
+    grids = np.concatenate([np.ones((40, 1)), inner, np.zeros((40, 1))], axis=1)
+    k, w = grid_errors(src, LINEAR, gdj.DDIM(), grids)
+    assert k.shape == w.shape == (40,)
+    for i in (0, 17, 39):  # first chunk, second chunk, the padded third one
+        law = gdj.sample_law(src, LINEAR, gdj.DDIM(), jnp.asarray(grids[i]))
+        assert k[i] == pytest.approx(float(gdj.kl(src, law)), rel=1e-12)
+        assert w[i] == pytest.approx(float(gdj.w2(src, law)), rel=1e-12)
+
+
 def test_optimized_grid_never_worse_than_baselines():
     src = _small_cifar()
-    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 6, steps=150)
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 6, metric="kl", steps=150)
     cont = [b for b in res.baselines if not b.name.endswith("/int")]
     ints = [b for b in res.baselines if b.name.endswith("/int")]
     assert res.start == min(cont, key=lambda s: s.kl).name
     assert res.optimized.kl <= min(b.kl for b in cont) * (1 + 1e-12)
     assert res.optimized.kl < 0.99 * min(b.kl for b in cont)  # it does improve here
+    assert res.improved and res.message.startswith("Optimized grid")
     assert res.rounded.kl <= min(b.kl for b in ints) * (1 + 1e-12)
+    assert res.rounded_improved and res.rounded.kl < min(b.kl for b in ints)
     assert res.rounded.integer and all(b.integer for b in ints)
     ts = np.asarray(res.optimized.times)
     assert ts[0] == 1.0 and ts[-1] == 0.0 and ts[-2] >= 1e-3 * (1 - 1e-9) and np.all(np.diff(ts) < 0)
     assert res.losses[-1] < res.losses[0]
+    # The integer result is a local optimum of the moves +-1, +-2 of one point (each neighbour scored alone).
+    idx = np.array(gdj.to_diffusers(res.rounded.times, LINEAR))
+    for k, move in itertools.product(range(1, idx.shape[0]), (-2, -1, 1, 2)):
+        j = idx.copy()
+        j[k] += move
+        if np.all(np.diff(j) < 0) and j[-1] >= 0:
+            neighbour = gdj.score_grid(src, LINEAR, gdj.DDIM(), np.append((j + 1) / 1000, 0.0))
+            assert neighbour.kl >= res.rounded.kl * (1 - 1e-12), (k, move)
+
+
+@pytest.mark.parametrize("how", ["diverges", "nan"])
+def test_optimizer_that_cannot_improve_returns_the_best_baseline(how, capsys):
+    """A step so large that the loss only grows, or a NaN step (the loss becomes NaN: `gdj.optimize` raises):
+    the best baseline's grid comes back, with `improved=False` and a plain message (printed with progress)."""
+    src = gdj.GaussianSource(np.array([0.01, 0.2, 1.0, 3.0]))
+    optimizer = optax.sgd(1e4) if how == "diverges" else optax.scale(jnp.nan)
+    res = gdj.optimize_grid(
+        src, LINEAR, gdj.DDIM(), 5, metric="kl", steps=4, optimizer=optimizer, integer=False, progress=True
+    )
+    best = min(res.baselines, key=lambda b: b.kl)
+    assert not res.improved and res.start == best.name
+    np.testing.assert_array_equal(np.asarray(res.optimized.times), np.asarray(best.times))
+    assert res.optimized.kl == best.kl and res.optimized.w2 == best.w2
+    assert res.message.startswith(f"Best baseline {best.name!r}") and "returning the baseline's grid" in res.message
+    assert ("failed" in res.message) == (how == "nan")
+    assert res.message in capsys.readouterr().err
+    assert res.rounded is None and res.rounded_improved is None
+
+
+def test_integer_search_that_cannot_improve_returns_the_best_integer_baseline():
+    """A 20-index table at 20 steps has a single integer grid: the search keeps it and says so."""
+    small = gdj.Discrete.from_diffusers("linear", num_train_timesteps=20)
+    src = gdj.GaussianSource(np.array([0.01, 0.2, 1.0, 3.0]))
+    res = gdj.optimize_grid(src, small, gdj.DDIM(), 20, metric="kl", steps=5)
+    ints = [b for b in res.baselines if b.name.endswith("/int")]
+    best = min(ints, key=lambda b: b.kl)
+    assert res.rounded_improved is False
+    np.testing.assert_array_equal(np.asarray(res.rounded.times), np.asarray(best.times))
+    assert res.rounded.kl == best.kl and f"Best integer baseline {best.name!r}" in res.message
+
+
+def test_compare_grids_prints_a_markdown_table(capsys):
+    src = gdj.GaussianSource(np.array([0.01, 0.2, 1.0, 3.0]))
+    names = ["uniform", "log_snr", "karras"]
+    # NFE 1 (one step: nothing to optimize) and 2 keep the number of optimizations (one compilation each) low.
+    table = gdj.compare_grids(
+        src, LINEAR, gdj.DDIM(), [1, 2], metrics=("kl", "w2"), steps=5, names=names, progress=True
+    )
+    assert isinstance(table, dict) and sorted(table) == [1, 2]
+    expected_rows = names + ["best/int[kl]", "optimized[kl]", "optimized[kl]/int"]
+    expected_rows += ["best/int[w2]", "optimized[w2]", "optimized[w2]/int"]
+    assert [r.name for r in table[2]] == expected_rows
+    text = str(table)
+    assert text == table.table() == gdj.format_table(table)
+    lines = text.splitlines()
+    assert lines[0] == "| grid | NFE 1 | NFE 2 |" and lines[1] == "|---|---|---|"
+    assert len(lines) == 2 + len(expected_rows)
+    for line, row in zip(lines[2:], table[2], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row.name
+        kl_text, w2_text = (c.replace("*", "") for c in cells[2].split(" / "))
+        assert float(kl_text) == pytest.approx(row.kl, rel=1e-3) and float(w2_text) == pytest.approx(row.w2, rel=1e-3)
+    best_kl = min(r.kl for r in table[2])
+    for line, row in zip(lines[2:], table[2], strict=True):
+        assert ("**" in line.split("|")[3].split(" / ")[0]) == (row.kl == best_kl)
+    # The optimized rows never lose to what they started from.
+    for rows in table.values():
+        by = {r.name: r for r in rows}
+        assert by["optimized[kl]"].kl <= min(by[n].kl for n in names) * (1 + 1e-12)
+        assert by["optimized[w2]"].w2 <= min(by[n].w2 for n in names) * (1 + 1e-12)
+        assert by["optimized[kl]/int"].kl <= by["best/int[kl]"].kl * (1 + 1e-12)
+    assert "compare_grids" in capsys.readouterr().err  # the progress line went to stderr
 
 
 def test_optimized_grid_finds_isotropic_optimum():
@@ -185,7 +275,9 @@ def test_optimized_grid_finds_isotropic_optimum():
     quadratic grid, the optimizer must find both."""
     lam, d, n = 2.0, 3, 5
     src = gdj.GaussianSource(np.full(d, lam))
-    res = gdj.optimize_grid(src, gdj.Tangent(math.sqrt(lam)), gdj.DDIM(), n, names=["quadratic"], steps=200)
+    res = gdj.optimize_grid(
+        src, gdj.Tangent(math.sqrt(lam)), gdj.DDIM(), n, metric="kl", names=["quadratic"], steps=200
+    )
     c = math.cos(math.pi / (2 * n)) ** (2 * n)
     assert res.optimized.kl == pytest.approx(d / 2 * (1 / c - 1 + math.log(c)), rel=1e-5)
     np.testing.assert_allclose(np.asarray(res.optimized.times), np.linspace(1, 0, n + 1), atol=2e-3)
@@ -194,9 +286,20 @@ def test_optimized_grid_finds_isotropic_optimum():
 
 def test_one_step_budget():
     src = _small_cifar()
-    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 1, steps=20)
-    assert res.optimized.times.shape == (2,) and np.isfinite(res.optimized.kl)
-    assert res.rounded.kl <= min(b.kl for b in res.baselines if b.name.endswith("/int"))
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 1, steps=20)  # the default metric: W2
+    assert res.optimized.times.shape == (2,) and np.isfinite(res.optimized.w2)
+    assert res.rounded.w2 <= min(b.w2 for b in res.baselines if b.name.endswith("/int"))
+
+
+def test_default_metric_is_w2_and_kl_is_finite_or_refused():
+    """W2 is the default objective (it predicts trained networks' sample quality; the KL does not): with a zero
+    eigenvalue the W2 optimization runs (the KL column is +inf), while asking for the KL is a clear error."""
+    src = gdj.GaussianSource(np.array([0.0, 0.05, 1.0]))
+    res = gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 4, steps=10)
+    assert np.isfinite(res.optimized.w2) and res.optimized.kl == np.inf
+    assert res.rounded.w2 <= min(b.w2 for b in res.baselines if b.name.endswith("/int")) * (1 + 1e-12)
+    with pytest.raises(ValueError, match="singular target"):
+        gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 4, metric="kl", steps=10)
 
 
 def test_interpolation():

@@ -30,22 +30,10 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._core._divergence import expm1_minus_x
 from .._core._law import GaussianLaw, Init, validate_grid
-from .._sampler import AbstractSampler, marginal
+from .._core._law import sample_law
+from .._sampler import AbstractSampler, JainZhang, marginal
 from .._schedule import AbstractSchedule, LinearBeta
 from .._core._source import GaussianSource
-
-
-class JainZhang(eqx.Module):
-    r"""The [JZ] sampler: exponential-integrator ODE step over $H_k$, then exact forward noising over $h_{k-1}$.
-
-    A marker strategy with no parameters: pass it to `simulate` (Monte Carlo with any score) or
-    `chain_rule_kl_bound`; `law` (= `jain_zhang_law`) gives its exact output law on Gaussian data.
-    On a grid of $N+1$ points it makes $N-1$ score evaluations and stops at `ts[-2]`.
-    """
-
-    def law(self, source: GaussianSource, schedule: AbstractSchedule, ts, *, init: Init = "standard") -> GaussianLaw:
-        """See `jain_zhang_law`."""
-        return jain_zhang_law(source, schedule, ts, init=init)
 
 
 def ou_schedule(tau_max: float) -> LinearBeta:
@@ -82,14 +70,6 @@ def jain_zhang_grid(delta: float, tau_max: float, c: float) -> np.ndarray:
     return np.asarray(taus)
 
 
-def _ou_steps(schedule: AbstractSchedule, ts):
-    """Per iteration j (from ts[j] to ts[j+1]): H (ts[j] -> ts[j+2]) and 2h (ts[j+1] <- ts[j+2]) in the OU clock."""
-    t0, t1, t2 = ts[:-2], ts[1:-1], ts[2:]
-    big_h = 0.5 * schedule.log_alpha_bar_ratio(t0, t2)
-    two_h = schedule.log_alpha_bar_ratio(t1, t2)
-    return t0, t1, big_h, two_h
-
-
 def _validate(ts):
     ts = validate_grid(ts)
     if ts.shape[0] < 3:
@@ -109,63 +89,11 @@ def jain_zhang_law(
 ) -> GaussianLaw:
     r"""Exact output law of the [JZ] sampler with the exact score on Gaussian data, per mode.
 
-    **Arguments:**
-
-    - `source`: Gaussian data, eigenvalues `(*batch, d)`.
-    - `schedule`, `ts`: any schedule and a decreasing grid $t_0 > \dots > t_N$ ($N \ge 2$); the OU clock is
-      $\tau = -\tfrac12\log\bar\alpha(t)$, so `ts[0]` is $\tau_{K+1}$ and `ts[-1]` is $\tau_0 = \delta$.
-    - `init`: `"standard"` ($\mathcal N(0, I)$ at `ts[0]`) or `"exact"`.
-
-    **Returns:** a `GaussianLaw` whose final time is `ts[-2]` ($\tau_1$): compare it with `target="truncated"`.
-    The mean is transported exactly; the variance follows the relative recursion
-    $\delta' = e^{-2h}(D + A^2\sigma_k^2\,\delta)/\sigma_{k-1}^2$ with the closed-form defect $D$ (module docstring).
+    The same as `sample_law(source, schedule, JainZhang(), ts, init=init)`: the law at `ts[-2]` ($\tau_1$);
+    compare it with `target="truncated"`. Kept as a named entry point for [JZ]'s workflow.
     """
     ts = _validate(ts)
-    if init not in ("standard", "exact"):
-        raise ValueError(f"init must be 'standard' (x ~ N(0, I)) or 'exact' (x ~ p_t0); got {init!r}.")
-    return _jain_zhang_law(source, schedule, ts, init)
-
-
-@eqx.filter_jit
-def _jain_zhang_law(source, schedule, ts, init):
-    lam = source.eigenvalues
-    dtype = jnp.result_type(lam.dtype, ts.dtype)
-    lam, ts = lam.astype(dtype), ts.astype(dtype)
-    first = marginal(schedule, ts[0], lam)
-    if init == "exact":
-        eps0, delta0, v0 = jnp.zeros_like(lam), jnp.zeros_like(lam), first.variance
-    else:
-        eps0 = jnp.broadcast_to(-first.sqrt_alpha_bar, lam.shape)
-        delta0 = (1 - lam) * first.alpha_bar / first.variance
-        v0 = jnp.ones_like(lam)
-
-    def one(state, inputs):
-        eps, delta, v = state
-        t, t_next, big_h, two_h = inputs
-        mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
-        u = (lam - 1) * mg.alpha_bar
-        em1 = jnp.expm1(big_h)
-        gain = (1 + u * jnp.exp(big_h)) / (1 + u)  # A
-        defect = -u * em1**2 / mg.variance  # A^2 sigma_k^2 - sigma_{k-2}^2
-        keep = jnp.exp(-two_h)  # e^{-2h}
-        a2s2 = (mg.variance + u * jnp.expm1(2 * big_h)) + defect  # sigma_{k-2}^2 + D = A^2 sigma_k^2
-        delta_next = keep * (defect + a2s2 * delta) / mg_next.variance
-        mult = jnp.sqrt(keep) * gain
-        v_next = mult**2 * v - jnp.expm1(-two_h)
-        return (mult * eps, delta_next, v_next), None
-
-    (eps, delta, v_direct), _ = jax.lax.scan(one, (eps0, delta0, v0), _ou_steps(schedule, ts))
-    final = marginal(schedule, ts[-2], lam)
-    near = jnp.abs(delta) < 0.5
-    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)), jnp.log(v_direct) - jnp.log(final.variance))
-    return GaussianLaw(
-        mean_multiplier=final.sqrt_alpha_bar + eps,
-        variance=jnp.where(near, final.variance * (1 + delta), v_direct),
-        mean_deviation=eps,
-        log_variance_ratio=log_ratio,
-        alpha_bar_min=final.alpha_bar,
-        one_minus_alpha_bar_min=final.one_minus_alpha_bar,
-    )
+    return sample_law(source, schedule, JainZhang(), ts, init=init)
 
 
 def chain_rule_kl_bound(
@@ -193,7 +121,7 @@ def chain_rule_kl_bound(
     **Returns:** the bound (nats), summed over modes (weights counted) unless `reduce=False`. It dominates
     `kl(source, law, target="truncated", direction="target_to_sample")` of the same run.
     """
-    ts = _validate(ts) if isinstance(sampler, JainZhang) else validate_grid(ts)
+    ts = _validate(ts) if sampler.lookahead else validate_grid(ts)
     if init not in ("standard", "exact"):
         raise ValueError(f"init must be 'standard' or 'exact'; got {init!r}.")
     return _chain_rule(source, schedule, sampler, ts, init, bool(reduce))
@@ -212,38 +140,29 @@ def _chain_rule(source, schedule, sampler, ts, init, reduce):
         # KL(N(sqrt(abar) m, R^2) || N(0, 1)) per mode.
         start = 0.5 * (expm1_minus_x(jnp.log(first.variance)) + first.alpha_bar * m**2)
 
-    if isinstance(sampler, JainZhang):
-
-        def kernel(inputs):
-            t, t_next, big_h, two_h = inputs
-            mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
-            u = (lam - 1) * mg.alpha_bar
-            gain = jnp.exp(-0.5 * two_h) * (1 + u * jnp.exp(big_h)) / (1 + u)
-            log_q = jnp.log(-jnp.expm1(-two_h))
-            return mg, mg_next, gain, log_q, jnp.zeros_like(lam)
-
-        inputs = _ou_steps(schedule, ts)
-    else:
-
-        def kernel(inputs):
-            t, t_next = inputs
-            mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
+    def kernel(inputs):
+        t, t_next = inputs[0], inputs[1]
+        mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
+        if sampler.lookahead:
+            step = sampler.step(schedule, t, t_next, lam, t_after=inputs[2])
+        else:
             step = sampler.step(schedule, t, t_next, lam)
-            q = jnp.broadcast_to(step.noise_variance, lam.shape)
-            q = eqx.error_if(
-                q,
-                ~(q > 0),
-                f"chain_rule_kl_bound: {type(sampler).__name__} has a step with no noise (Q = 0); the path KL "
-                "is infinite. Use a stochastic sampler (DDPM, EulerMaruyama, ExponentialIntegrator, DDIM(eta>0), "
-                "JainZhang).",
-            )
-            if step.mean_defect is None:
-                mean_err = step.gain * mg.sqrt_alpha_bar + step.offset - mg_next.sqrt_alpha_bar
-            else:
-                mean_err = step.mean_defect
-            return mg, mg_next, step.gain, jnp.log(q), mean_err * m
+        q = jnp.broadcast_to(step.noise_variance, lam.shape)
+        q = eqx.error_if(
+            q,
+            ~(q > 0),
+            f"chain_rule_kl_bound: {type(sampler).__name__} has a step with no noise (Q = 0); the path KL "
+            "is infinite. Use a stochastic sampler (DDPM, EulerMaruyama, ExponentialIntegrator, DDIM(eta>0), "
+            "JainZhang).",
+        )
+        if step.mean_defect is None:
+            mean_err = step.gain * mg.sqrt_alpha_bar + step.offset - mg_next.sqrt_alpha_bar
+        else:
+            mean_err = step.mean_defect
+        return mg, mg_next, step.gain, jnp.log(q), mean_err * m
 
-        inputs = (ts[:-1], ts[1:])
+    n = ts.shape[0] - 1 - sampler.lookahead
+    inputs = tuple(ts[j : j + n] for j in range(sampler.lookahead + 2))
 
     def one(total, inputs):
         mg, mg_next, gain, log_q, mean_err = kernel(inputs)

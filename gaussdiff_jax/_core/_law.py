@@ -1,21 +1,15 @@
-r"""The engine: run a sampler's per-mode affine recursion along a time grid (MATH.md section 2).
+r"""The engine's entry point: run a sampler along a time grid and return the exact law of its output.
 
-The law of the output is $\mathcal N(g\,m, v)$ per mode. Rather than iterating $(g, v)$ directly,
-the engine iterates their deviations from the exact marginal $p_t$, which is what the divergences need
-and what float32 can hold on fine grids:
-
-- mean deviation $\epsilon_k = g_k - \sqrt{\bar\alpha(t_k)}$: $\epsilon_{k+1} = A_k\epsilon_k + \text{mean defect}_k$;
-- relative variance deviation $\delta_k = v_k/R^2(t_k) - 1$: $\delta_{k+1} = e_k + (1 + e_k - Q_k/R^2_{k+1})\,\delta_k$,
-  where $e_k$ is the step's relative variance defect $(A_k^2R_k^2 + Q_k)/R^2_{k+1} - 1$.
-
-Both recursions are exact identities; they only move the cancellation into the per-step defects, which
-samplers give in closed form or which are assembled from $O(h)$ terms that each carry full relative
-precision. Modes whose exact marginal variance vanishes at a grid point (a zero eigenvalue at $t = 0$)
-fall back to the plain variance recursion $v_{k+1} = A_k^2 v_k + Q_k$, which is also carried.
+`sample_law` validates the grid, then runs one `lax.scan` over steps: one-step samplers on a scalar
+per-mode state (`_onestep`: mean deviation, relative variance deviation, plain variance), multistep samplers
+on a vector per-mode state (`_multistep`: slots, their mean, normalized covariance deviation, plain
+covariance). Both share the step loop here (padding to a step count, gradient checkpointing) and the final
+assembly of the `GaussianLaw`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import equinox as eqx
@@ -23,12 +17,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._errors import check
 from .._sampler import AbstractSampler, marginal
+from .._sampler._multistep import AbstractMultistepSampler, StepInfo
 from .._schedule import AbstractSchedule
+from . import _multistep, _onestep
+from ._errors import check
+from ._model_error import ErrorProfile
 from ._source import GaussianSource
 
-Init = Literal["standard", "exact"]
+Init = Literal["standard", "exact"] | float
 
 
 class GaussianLaw(eqx.Module):
@@ -107,24 +104,28 @@ def _check_num_steps(num_steps, grid_steps: int):
     )
 
 
-def _step_times(ts: Array, num_steps: Array | None, segment: int | None):
-    """Per-step time pairs and an activity mask, padded to whole segments.
+def _step_times(ts: Array, num_steps: Array | None, segment: int | None, lookahead: int = 0):
+    """Per-step times and an activity mask, padded to whole segments.
 
+    Returns `(t, t_next, active)`; with `lookahead = 1`, `t_next` is the pair `(t_{k+1}, t_{k+2})`.
     Inactive steps (beyond `num_steps`, or filling the last segment) get the first step's times, which
-    are valid, so that their discarded results and gradients stay finite. Returns `(t, t_next, active)`
-    with `active` None when every step is active.
+    are valid, so that their discarded results and gradients stay finite. `active` is None when every step
+    is active.
     """
-    t, t_next = ts[:-1], ts[1:]
-    grid_steps = t.shape[0]
-    total = grid_steps if segment is None else -(-grid_steps // segment) * segment
-    if num_steps is None and total == grid_steps:
-        return t, t_next, None
-    pad = total - grid_steps
-    t = jnp.concatenate([t, jnp.broadcast_to(ts[0], (pad,))])
-    t_next = jnp.concatenate([t_next, jnp.broadcast_to(ts[1], (pad,))])
-    active = jnp.arange(total, dtype=jnp.int32) < (grid_steps if num_steps is None else num_steps)
-    t, t_next = jnp.where(active, t, ts[0]), jnp.where(active, t_next, ts[1])
-    return t, t_next, active
+    n = ts.shape[0] - 1 - lookahead
+    t = ts[:n]
+    nexts = [ts[1 + j : 1 + j + n] for j in range(lookahead + 1)]
+    total = n if segment is None else -(-n // segment) * segment
+    if num_steps is None and total == n:
+        return t, (nexts[0] if not lookahead else tuple(nexts)), None
+    pad = total - n
+    active = jnp.arange(total, dtype=jnp.int32) < (n if num_steps is None else num_steps)
+    t = jnp.where(active, jnp.concatenate([t, jnp.broadcast_to(ts[0], (pad,))]), ts[0])
+    nexts = [
+        jnp.where(active, jnp.concatenate([x, jnp.broadcast_to(ts[1 + j], (pad,))]), ts[1 + j])
+        for j, x in enumerate(nexts)
+    ]
+    return t, (nexts[0] if not lookahead else tuple(nexts)), active
 
 
 _MODE_MULTIPLE = 8  # float64 vector width of AVX-512; XLA:CPU splits ragged lengths badly (3x slower)
@@ -143,18 +144,56 @@ def _pad_modes(lam: Array) -> Array:
     return jnp.pad(lam, width, constant_values=1.0)
 
 
-def _initial_state(schedule: AbstractSchedule, t0, lam, init: Init):
-    mg = marginal(schedule, t0, lam)
-    if init == "exact":
-        return jnp.zeros_like(lam), jnp.zeros_like(lam), mg.variance
-    if init == "standard":
-        # x_{t0} ~ N(0, I): g = 0, v = 1; delta = 1/R^2 - 1 = (1 - lam) abar / R^2.
-        return (
-            jnp.broadcast_to(-mg.sqrt_alpha_bar, lam.shape),
-            (1 - lam) * mg.alpha_bar / mg.variance,
-            jnp.ones_like(lam),
-        )
-    raise ValueError(f"init must be 'standard' (x ~ N(0, I)) or 'exact' (x ~ p_t0); got {init!r}.")
+def _init_variance(init) -> float | None:
+    """The initial VP variance: None for `"exact"` (start on p_t0), 1 for `"standard"`, or the number given."""
+    if isinstance(init, str):
+        if init == "exact":
+            return None
+        if init == "standard":
+            return 1.0
+    elif isinstance(init, (int, float)) and not isinstance(init, bool) and math.isfinite(init) and init > 0:
+        return float(init)
+    raise ValueError(
+        f"init must be 'standard' (x ~ N(0, I)), 'exact' (x ~ p_t0) or a positive number c (x ~ N(0, c I) in VP "
+        f"units, e.g. c = 1 - abar(t0) for sigma-space pipelines that start from sigma_max * z); got {init!r}."
+    )
+
+
+def _run_steps(step_fn, state, ts: Array, num_steps, checkpoint: int | None, lookahead: int):
+    """Fold `step_fn(state, times, index, num_steps)` over the grid's steps with one `lax.scan`.
+
+    `lookahead` samplers get `(t_k, t_{k+1}, t_{k+2})` and make one step fewer. Padded steps (beyond
+    `num_steps`) and steps filling the last checkpoint segment are masked identities.
+    """
+    grid_steps = ts.shape[0] - 1
+    n_run = grid_steps - lookahead
+    active_steps = None if num_steps is None else num_steps - lookahead
+    t, t_next, active = _step_times(ts, active_steps, checkpoint, lookahead)
+    total_steps = jnp.asarray(n_run if active_steps is None else active_steps, dtype=jnp.int32)
+    index = jnp.arange(t.shape[0], dtype=jnp.int32)
+
+    def body(state, inputs):
+        times, k, on = inputs
+        new = step_fn(state, times, StepInfo(k, total_steps))
+        if on is None:
+            return new, None
+        return jax.tree.map(lambda a, b: jnp.where(on, a, b), new, state), None
+
+    inputs = ((t, t_next) if not lookahead else (t, t_next[0], t_next[1]), index, active)
+    if checkpoint is None:
+        # Reverse mode recomputes each step from its carry instead of storing the step's ~40 per-mode
+        # intermediates: loss-and-gradient at N = 50 took 63x the forward pass without this, ~10x with it.
+        # The forward pass is unaffected.
+        state, _ = jax.lax.scan(jax.checkpoint(body), state, inputs)
+        return state
+
+    @jax.checkpoint
+    def segment(state, seg_inputs):
+        return jax.lax.scan(body, state, seg_inputs)
+
+    seg_inputs = jax.tree.map(lambda x: x.reshape(-1, checkpoint), inputs)
+    state, _ = jax.lax.scan(segment, state, seg_inputs)
+    return state
 
 
 def sample_law(
@@ -166,6 +205,7 @@ def sample_law(
     init: Init = "standard",
     num_steps: Int[ArrayLike, ""] | None = None,
     checkpoint: int | None = None,
+    model_error: ErrorProfile | None = None,
 ) -> GaussianLaw:
     r"""The exact law of `sampler`'s output on `source`, run with the exact score along the grid `ts`.
 
@@ -173,20 +213,26 @@ def sample_law(
 
     - `source`: the Gaussian data law, eigenvalues `(*batch, d)`.
     - `schedule`: the noise schedule $t \mapsto \bar\alpha(t)$.
-    - `sampler`: the sampler, e.g. `Heun()`, `DDIM(eta=0.0)`, `DDPM()`.
+    - `sampler`: the sampler, e.g. `Heun()`, `DDIM(eta=0.0)`, `DDPM()`, `DPMSolverPlusPlus()`.
     - `ts`: forward times $t_0 > t_1 > \dots > t_N = t_{\min}$ in $[0, 1]$, shape `(N + 1,)`: $N$ steps.
-    - `init`: `"standard"` ($x_{t_0} \sim \mathcal N(0, I)$, as in practice) or `"exact"`
-      ($x_{t_0} \sim p_{t_0}$, isolating the discretization error).
+    - `init`: `"standard"` ($x_{t_0} \sim \mathcal N(0, I)$, as in practice), `"exact"`
+      ($x_{t_0} \sim p_{t_0}$, isolating the discretization error), or a number $c > 0$:
+      $x_{t_0} \sim \mathcal N(0, cI)$ in VP units (pipelines in $\sigma$ that start from $\sigma_{\max}z$ have
+      $c = 1 - \bar\alpha(t_0)$).
     - `num_steps`: run only the first `num_steps` steps of `ts` (an integer in $[1, N]$, may be traced):
       the grid is `ts[:num_steps + 1]` and the remaining entries are padding, never used. One compiled
       function then serves every step count up to $N$ (vmap over padded grids and their step counts;
       `gaussdiff_jax.sweep` does this). Padded steps cost as much as real ones.
-    - `checkpoint`: segment length $K$ for gradient checkpointing. Reverse-mode differentiation of the
-      plain scan stores $O(Nd)$ residuals; with `checkpoint=K` the steps run in segments of $K$ whose
-      insides are recomputed on the backward pass, storing $O((N/K + K)d)$ ($K \approx \sqrt N$ is
-      best). Values are identical; the forward pass is unaffected.
+    - `checkpoint`: segment length $K$ for gradient checkpointing. By default reverse-mode differentiation
+      stores the state after every step ($O(Nd)$) and recomputes each step's intermediates from it; with
+      `checkpoint=K` the steps run in segments of $K$ whose insides are recomputed on the backward pass,
+      storing $O((N/K + K)d)$ ($K \approx \sqrt N$ is best). Values are identical; the forward pass is
+      unaffected.
+    - `model_error`: a network's denoiser error (`ErrorProfile`), propagated exactly through every
+      evaluation (independent zero-mean errors per evaluation; see `gaussdiff_jax._core._model_error`).
 
-    **Returns:** a `GaussianLaw` with fields of shape `(*batch, d)`.
+    **Returns:** a `GaussianLaw` with fields of shape `(*batch, d)`, at $t_N$ (at $t_{N-1}$ for samplers
+    with `lookahead`, e.g. `JainZhang`).
 
     Runs one `lax.scan` over steps (memory $O(d)$ forward, independent of $N$), jit-able, vmap-able and
     differentiable with respect to the schedule's parameters and the grid.
@@ -196,82 +242,62 @@ def sample_law(
         num_steps = _check_num_steps(num_steps, ts.shape[0] - 1)
     if checkpoint is not None and (int(checkpoint) != checkpoint or checkpoint < 1):
         raise ValueError(f"checkpoint (segment length) must be a positive integer or None; got {checkpoint!r}.")
+    lookahead = int(getattr(sampler, "lookahead", 0))
+    if ts.shape[0] - 1 <= lookahead:
+        raise ValueError(
+            f"{type(sampler).__name__} needs at least {lookahead + 2} grid points (one step spans "
+            f"{lookahead + 2}); got {ts.shape[0]}."
+        )
+    if model_error is not None and not isinstance(model_error, ErrorProfile):
+        raise ValueError(f"model_error must be a gdj.ErrorProfile or None; got {type(model_error).__name__}.")
+    init_variance = _init_variance(init)
     lam = source.eigenvalues
     dtype = jnp.result_type(lam.dtype, ts.dtype)
     lam, ts = lam.astype(dtype), ts.astype(dtype)
     num_modes = lam.shape[-1]
     lam_run = _pad_modes(lam)
-    eps0, delta0, v0 = _initial_state(schedule, ts[0], lam_run, init)
-    lam, lam_full = lam_run, lam  # the scan runs on the padded modes; sliced back below
 
-    def one_step(state, times):
-        eps, delta, v = state
-        t, t_next = times
-        step = sampler.step(schedule, t, t_next, lam)
-        a, Q = step.gain_minus_one, step.noise_variance
-        mg, mg_next = marginal(schedule, t, lam), marginal(schedule, t_next, lam)
-        ok = mg_next.variance > 0
-        # One reciprocal, two products: divisions dominate a step's cost on CPUs (~4x a multiply).
-        inv_R2_next = 1 / jnp.where(ok, mg_next.variance, 1.0)
-        if step.variance_defect is None:
-            # e R'^2 = (R^2 - R'^2) + (2 + a) a R^2 + Q, with R^2 - R'^2 = (1 - lam)(abar' - abar).
-            d_ab = schedule.alpha_bar_increment(t, t_next)
-            defect = ((1 - lam) * d_ab + (2 + a) * a * mg.variance + Q) * inv_R2_next
-        else:
-            defect = step.variance_defect
-        if step.mean_defect is None:
-            d_sqrt_ab = schedule.alpha_bar_increment(t, t_next) / (mg_next.sqrt_alpha_bar + mg.sqrt_alpha_bar)
-            mean_defect = a * mg.sqrt_alpha_bar + step.offset - d_sqrt_ab
-        else:
-            mean_defect = step.mean_defect
-        delta_next = jnp.where(ok, defect + (1 + defect - Q * inv_R2_next) * delta, 0.0)
-        gain = step.gain
-        eps_next = gain * eps + mean_defect
-        v_next = gain**2 * v + Q
-        return (eps_next, delta_next, v_next), None
+    if isinstance(sampler, AbstractMultistepSampler):
+        state = _multistep.initial_state(sampler, schedule, ts[0], lam_run, init_variance, model_error)
 
-    t, t_next, active = _step_times(ts, num_steps, checkpoint)
-    if active is None:
-        steps = one_step
+        def step_fn(state, times, info):
+            return _multistep.multistep_step(sampler, schedule, lam_run, model_error, state, times[1], info)
+
+        state = _run_steps(step_fn, state, ts, num_steps, checkpoint, 0)
+        level, eps, delta, v_direct = _multistep.final_moments(state)
+        final = marginal(schedule, level.t, lam)
     else:
+        state = _onestep.initial_state(schedule, ts[0], lam_run, init_variance)
 
-        def steps(state, inputs):
-            *times, on = inputs
-            new, _ = one_step(state, times)
-            return jax.tree.map(lambda a, b: jnp.where(on, a, b), new, state), None
+        def step_fn(state, times, info):
+            return _onestep.onestep_step(sampler, schedule, lam_run, model_error, state, times)
 
-    inputs = (t, t_next) if active is None else (t, t_next, active)
-    if checkpoint is None:
-        (eps, delta, v_direct), _ = jax.lax.scan(steps, (eps0, delta0, v0), inputs)
-    else:
-
-        @jax.checkpoint
-        def segment(state, seg_inputs):
-            return jax.lax.scan(steps, state, seg_inputs)
-
-        seg_inputs = jax.tree.map(lambda x: x.reshape(-1, checkpoint), inputs)
-        (eps, delta, v_direct), _ = jax.lax.scan(segment, (eps0, delta0, v0), seg_inputs)
+        eps, delta, v_direct = _run_steps(step_fn, state, ts, num_steps, checkpoint, lookahead)
+        last = ts.shape[0] - 1 - lookahead if num_steps is None else num_steps - lookahead
+        final = marginal(schedule, ts[last], lam)
     eps, delta, v_direct = (x[..., :num_modes] for x in (eps, delta, v_direct))
-    lam = lam_full
-    t_final = ts[-1] if num_steps is None else ts[num_steps]
-    final = marginal(schedule, t_final, lam)
+    return _check_law(_assemble(final, eps, delta, v_direct), sampler, final.variance > 0)
+
+
+def _assemble(final, eps, delta, v_direct) -> GaussianLaw:
+    """The `GaussianLaw` from the deviations at the final time."""
     ok = final.variance > 0
     # The relative deviation is the accurate representation while it is small; once the output is far
     # from p_t (|delta| >= 1/2, e.g. a stiff last step collapsing the variance) the plain recursion,
     # a product of per-step factors, keeps the better relative accuracy.
     near = ok & (jnp.abs(delta) < 0.5)
     safe_R2 = jnp.where(ok, final.variance, 1.0)
-    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)), jnp.log(v_direct) - jnp.log(safe_R2))
-    variance = jnp.where(near, final.variance * (1 + delta), v_direct)
-    law = GaussianLaw(
+    safe_v = jnp.where(v_direct > 0, v_direct, 1.0)
+    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)), jnp.log(safe_v) - jnp.log(safe_R2))
+    log_ratio = jnp.where(near | (v_direct > 0), log_ratio, -jnp.inf)
+    return GaussianLaw(
         mean_multiplier=final.sqrt_alpha_bar + eps,
-        variance=variance,
+        variance=jnp.where(near, final.variance * (1 + delta), v_direct),
         mean_deviation=eps,
         log_variance_ratio=jnp.where(ok, log_ratio, jnp.inf),
         alpha_bar_min=final.alpha_bar,
         one_minus_alpha_bar_min=final.one_minus_alpha_bar,
     )
-    return _check_law(law, sampler, ok)
 
 
 def _check_law(law: GaussianLaw, sampler, ok) -> GaussianLaw:

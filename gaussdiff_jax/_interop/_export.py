@@ -29,6 +29,7 @@ the predicted $x_0$, which no Gaussian law accounts for.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import warnings
@@ -40,10 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .. import _schedule
-from ._grid import is_clean, training_indices
 from .._core._law import validate_grid
 from .._schedule import AbstractSchedule, Discrete, RectifiedFlow
+from ._grid import training_indices
+from ._inverse import is_clean
 
 Kind = Literal["timesteps", "sigmas", "flow_sigmas"]
 
@@ -56,8 +57,13 @@ def _grid(ts) -> np.ndarray:
     return np.asarray(validate_grid(jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
 
 
+def sigma_of(schedule: AbstractSchedule, ts) -> np.ndarray:
+    """`schedule.sigma(ts)` as float64 numbers (eager: a jitted version measured no faster, warm or cold)."""
+    return np.asarray(schedule.sigma(jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
+
+
 def _sigmas(ts: np.ndarray, schedule: AbstractSchedule) -> np.ndarray:
-    sig = np.asarray(schedule.sigma(jnp.asarray(ts, dtype=jnp.result_type(float))), dtype=np.float64)
+    sig = sigma_of(schedule, ts)
     if not np.all(np.isfinite(sig)):
         raise ValueError(
             f"{type(schedule).__name__} has infinite sigma at t = {ts[~np.isfinite(sig)][0]} (alpha_bar = 0): "
@@ -153,97 +159,108 @@ def to_diffusers(
     """
     ts = _grid(ts)
     info = _config(scheduler)
-    name, config = info if info is not None else ("", {})
     if info is not None:
-        _check_table(schedule, scheduler, config)
-    if kind == "timesteps":
-        if not isinstance(schedule, Discrete):
-            raise ValueError(
-                f"kind='timesteps' needs a Discrete (training-table) schedule; got {type(schedule).__name__}. "
-                "Use kind='sigmas' (Euler-type schedulers) or to_k_diffusion."
-            )
-        if ts[-1] != 0.0:
-            raise ValueError(
-                f"the grid ends at t = {ts[-1]}, but diffusers' schedulers end every run with custom timesteps on the "
-                "clean sample (alpha_bar = 1, t = 0). Append 0.0 to the grid (one more step), or use kind='sigmas'."
-            )
-        indices = training_indices(ts, schedule)
-        if info is not None:
-            if name in ("DDIMScheduler", "PNDMScheduler", "DDIMInverseScheduler", "LCMScheduler"):
-                _warn(
-                    f"{name}.set_timesteps takes no custom timesteps and steps from t to t - T // num_inference_steps, "
-                    "which matches a grid only for 'leading' spacing. For DDIM (eta=0) with these timesteps use "
-                    "EulerDiscreteScheduler (the same sampler); for eta=1 use DDPMScheduler."
-                )
-            if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
-                raise ValueError(
-                    f"{name} with use_karras/exponential/beta_sigmas rejects custom timesteps; disable them or use "
-                    "kind='sigmas'."
-                )
-            if config.get("final_sigmas_type") == "sigma_min":
-                _warn(
-                    f"{name} has final_sigmas_type='sigma_min': its last step lands on training index 0, not on the "
-                    "clean sample (t = 0) of this grid. Set final_sigmas_type='zero'."
-                )
-            _check_clip(name, config)
-            _check_init_noise(name, config)
-        return [int(i) for i in indices]
-    if kind == "sigmas":
-        sig = _sigmas(ts, schedule)
-        if not is_clean(schedule, ts[-1]):
+        _check_table(schedule, scheduler, info[1])
+    exporters = {"timesteps": _timesteps, "sigmas": _sigma_list, "flow_sigmas": _flow_sigmas}
+    if kind not in exporters:
+        raise ValueError(f"kind must be 'timesteps', 'sigmas' or 'flow_sigmas'; got {kind!r}.")
+    return exporters[kind](ts, schedule, info, scheduler_shift)
+
+
+def _timesteps(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[int]:
+    if not isinstance(schedule, Discrete):
+        raise ValueError(  # noqa: TRY004 (house rule: bad input is a ValueError)
+            f"kind='timesteps' needs a Discrete (training-table) schedule; got {type(schedule).__name__}. "
+            "Use kind='sigmas' (Euler-type schedulers) or to_k_diffusion."
+        )
+    if ts[-1] != 0.0:
+        raise ValueError(
+            f"the grid ends at t = {ts[-1]}, but diffusers' schedulers end every run with custom timesteps on the "
+            "clean sample (alpha_bar = 1, t = 0). Append 0.0 to the grid (one more step), or use kind='sigmas'."
+        )
+    indices = training_indices(ts, schedule)
+    if info is not None:
+        name, config = info
+        if name in ("DDIMScheduler", "PNDMScheduler", "DDIMInverseScheduler", "LCMScheduler"):
             _warn(
-                f"the grid ends at sigma = {sig[-1]:.6g} > 0: Euler-type schedulers given these sigmas stop there "
-                "(output keeps that noise level) instead of at the clean sample."
+                f"{name}.set_timesteps takes no custom timesteps and steps from t to t - T // num_inference_steps, "
+                "which matches a grid only for 'leading' spacing. For DDIM (eta=0) with these timesteps use "
+                "EulerDiscreteScheduler (the same sampler); for eta=1 use DDPMScheduler."
             )
-        if isinstance(schedule, Discrete):
-            T = schedule.num_train_timesteps
-            low = (ts > 0) & (ts < 1.0 / T - 1e-12)
-            if np.any(low[:-1]):
-                _warn(
-                    "some evaluation points lie below training index 0 (0 < t < 1/T): EulerDiscreteScheduler clips "
-                    "their model timestep to 0, so the model sees a noise level other than sigma there."
-                )
-        if info is not None:
-            _check_clip(name, config)
-            _check_init_noise(name, config)
-        return [float(s) for s in sig]
-    if kind == "flow_sigmas":
-        if not isinstance(schedule, RectifiedFlow):
-            raise ValueError(f"kind='flow_sigmas' needs a RectifiedFlow schedule; got {type(schedule).__name__}.")
-        if ts[-1] != 0.0:
+        if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
             raise ValueError(
-                f"the grid ends at t = {ts[-1]}, but FlowMatchEulerDiscreteScheduler always appends a terminal sigma "
-                "0 (t = 0). Append 0.0 to the grid."
+                f"{name} with use_karras/exponential/beta_sigmas rejects custom timesteps; disable them or use "
+                "kind='sigmas'."
             )
-        flow = np.asarray(schedule.flow_sigma(jnp.asarray(ts[:-1])), dtype=np.float64)
-        shift = float(scheduler_shift)
-        if info is not None:
-            if config.get("use_dynamic_shifting"):
-                raise ValueError(
-                    f"{name} has use_dynamic_shifting=True: it reshapes the sigmas with a resolution-dependent mu. "
-                    "Set use_dynamic_shifting=False (the RectifiedFlow schedule already carries the shift)."
-                )
-            if config.get("invert_sigmas"):
-                raise ValueError(f"{name} has invert_sigmas=True, which reverses the sigmas; unsupported.")
-            if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
-                raise ValueError(
-                    f"{name} replaces given sigmas by Karras/exponential/beta ones; disable those options."
-                )
-            if config.get("shift_terminal"):
-                _warn(f"{name} has shift_terminal set: it stretches the sigmas to end at that value.")
-            their_shift = float(config.get("shift", 1.0))
-            if not math.isclose(their_shift, shift):
-                _warn(
-                    f"{name} applies shift={their_shift} to the sigmas it is given, but the export assumed "
-                    f"scheduler_shift={shift}: pass scheduler_shift={their_shift} (the export pre-inverts it) or "
-                    "build the scheduler with shift=1.0."
-                )
-        if shift <= 0:
-            raise ValueError(f"scheduler_shift must be > 0; got {scheduler_shift}.")
-        # The scheduler maps u -> k u / (1 + (k - 1) u); export its inverse s / (k - (k - 1) s).
-        flow = flow / (shift - (shift - 1.0) * flow)
-        return [float(s) for s in flow]
-    raise ValueError(f"kind must be 'timesteps', 'sigmas' or 'flow_sigmas'; got {kind!r}.")
+        if config.get("final_sigmas_type") == "sigma_min":
+            _warn(
+                f"{name} has final_sigmas_type='sigma_min': its last step lands on training index 0, not on the "
+                "clean sample (t = 0) of this grid. Set final_sigmas_type='zero'."
+            )
+        _check_clip(name, config)
+        _check_init_noise(name, config)
+    return [int(i) for i in indices]
+
+
+def _sigma_list(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[float]:
+    sig = _sigmas(ts, schedule)
+    if not is_clean(schedule, ts[-1]):
+        _warn(
+            f"the grid ends at sigma = {sig[-1]:.6g} > 0: Euler-type schedulers given these sigmas stop there "
+            "(output keeps that noise level) instead of at the clean sample."
+        )
+    if isinstance(schedule, Discrete):
+        T = schedule.num_train_timesteps
+        low = (ts > 0) & (ts < 1.0 / T - 1e-12)
+        if np.any(low[:-1]):
+            _warn(
+                "some evaluation points lie below training index 0 (0 < t < 1/T): EulerDiscreteScheduler clips "
+                "their model timestep to 0, so the model sees a noise level other than sigma there."
+            )
+    if info is not None:
+        _check_clip(*info)
+        _check_init_noise(*info)
+    return [float(s) for s in sig]
+
+
+def _flow_sigmas(ts: np.ndarray, schedule: AbstractSchedule, info, shift: float) -> list[float]:
+    if not isinstance(schedule, RectifiedFlow):
+        raise ValueError(f"kind='flow_sigmas' needs a RectifiedFlow schedule; got {type(schedule).__name__}.")  # noqa: TRY004
+    if ts[-1] != 0.0:
+        raise ValueError(
+            f"the grid ends at t = {ts[-1]}, but FlowMatchEulerDiscreteScheduler always appends a terminal sigma "
+            "0 (t = 0). Append 0.0 to the grid."
+        )
+    flow = np.asarray(schedule.flow_sigma(jnp.asarray(ts[:-1])), dtype=np.float64)
+    shift = float(shift)
+    if info is not None:
+        _check_flow_scheduler(*info, shift)
+    if shift <= 0:
+        raise ValueError(f"scheduler_shift must be > 0; got {shift}.")
+    # The scheduler maps u -> k u / (1 + (k - 1) u); export its inverse s / (k - (k - 1) s).
+    flow = flow / (shift - (shift - 1.0) * flow)
+    return [float(s) for s in flow]
+
+
+def _check_flow_scheduler(name: str, config: Mapping[str, Any], shift: float):
+    if config.get("use_dynamic_shifting"):
+        raise ValueError(
+            f"{name} has use_dynamic_shifting=True: it reshapes the sigmas with a resolution-dependent mu. "
+            "Set use_dynamic_shifting=False (the RectifiedFlow schedule already carries the shift)."
+        )
+    if config.get("invert_sigmas"):
+        raise ValueError(f"{name} has invert_sigmas=True, which reverses the sigmas; unsupported.")
+    if config.get("use_karras_sigmas") or config.get("use_exponential_sigmas") or config.get("use_beta_sigmas"):
+        raise ValueError(f"{name} replaces given sigmas by Karras/exponential/beta ones; disable those options.")
+    if config.get("shift_terminal"):
+        _warn(f"{name} has shift_terminal set: it stretches the sigmas to end at that value.")
+    their_shift = float(config.get("shift", 1.0))
+    if not math.isclose(their_shift, shift):
+        _warn(
+            f"{name} applies shift={their_shift} to the sigmas it is given, but the export assumed "
+            f"scheduler_shift={shift}: pass scheduler_shift={their_shift} (the export pre-inverts it) or "
+            "build the scheduler with shift=1.0."
+        )
 
 
 def to_k_diffusion(
@@ -273,8 +290,23 @@ def to_k_diffusion(
 
 
 # --- JSON ------------------------------------------------------------------------------------------
+#
+# One format for every grid this package writes: `to_json`, and the results of the `gaussdiff` command
+# (`eval.json`, `optimize`'s `result.json`, `compare.json`). A document is a JSON object with
+# `"format": "gaussdiff_jax.grid"`, `"version": 1` and either a grid at the top level (`"times"`, optional
+# `"schedule"`, `"sigmas"`) or a list `"candidates"` of such grids (with their own extra keys), or both.
+# Schedules are stored as `{"__class__": name, field: value, ...}` (nested for wrappers); non-finite
+# floats as the strings "inf", "-inf", "nan" (strict JSON has no infinity). `times` and `schedule` define
+# a grid; `sigmas` (null where infinite) are derived and checked on reading, so an edit to one of them
+# alone is an error instead of being silently ignored.
 
 _FORMAT = "gaussdiff_jax.grid"
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _float(x: float):
+    x = float(x)
+    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
 
 
 def _encode(obj):
@@ -285,31 +317,73 @@ def _encode(obj):
         return out
     if isinstance(obj, (jnp.ndarray, np.ndarray)):
         arr = np.asarray(obj, dtype=np.float64)
-        return arr.tolist() if arr.ndim else float(arr)
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return _float(arr) if arr.ndim == 0 else np.vectorize(_float, otypes=[object])(arr).tolist()
+    if isinstance(obj, float):
+        return _float(obj)
+    if isinstance(obj, (bool, int, str)) or obj is None:
         return obj
     raise ValueError(f"to_json: cannot encode a {type(obj).__name__}.")
 
 
 def _schedule_classes() -> dict[str, type]:
-    from .._optimization import _learnable
+    """Every schedule class defined so far (all of the package's, and users' subclasses), and `TimeWarp`."""
+    from .._optimization._learnable import TimeWarp
 
-    classes = {n: getattr(_schedule, n) for n in dir(_schedule) if isinstance(getattr(_schedule, n), type)}
-    classes.update({n: getattr(_learnable, n) for n in ("WarpedSchedule", "TimeWarp")})
-    return classes
+    found, todo = {"TimeWarp": TimeWarp}, [AbstractSchedule]
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            todo.append(cls)
+            if not getattr(cls, "__abstractmethods__", None):
+                found.setdefault(cls.__name__, cls)
+    return found
 
 
-def _decode(obj):
+def _number(v):
+    return [_number(x) for x in v] if isinstance(v, list) else _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
+def _decode_value(obj):
     if isinstance(obj, dict) and "__class__" in obj:
-        classes = _schedule_classes()
-        cls = classes.get(obj["__class__"])
-        if cls is None:
-            raise ValueError(f"from_json: unknown schedule class {obj['__class__']!r}.")
-        kwargs = {k: _decode(v) for k, v in obj.items() if k != "__class__"}
-        return cls(**kwargs)
+        return _decode_module(obj)
     if isinstance(obj, list):
-        return np.asarray(obj, dtype=np.float64)
-    return obj
+        return np.asarray(_number(obj), dtype=np.float64)
+    return _number(obj)
+
+
+def _decode_module(obj: dict):
+    name = obj["__class__"]
+    cls = _schedule_classes().get(name)
+    if cls is None:
+        raise ValueError(f"from_json: unknown schedule class {name!r}.")
+    params = inspect.signature(cls.__init__).parameters
+    given = {k for k in obj if k != "__class__"}
+    unknown = sorted(given - set(params))
+    missing = [p for p, v in params.items() if p != "self" and v.default is v.empty and p not in given]
+    if unknown or missing:
+        what = f"unknown field(s) {unknown}" if unknown else f"missing field(s) {missing}"
+        raise ValueError(f"from_json: cannot rebuild {name}: {what} (it takes {[p for p in params if p != 'self']}).")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _decode_value(obj[k]) for k in given}
+    for k, v in kwargs.items():  # array fields come back as arrays (JSON cannot tell 1.0 from array(1.0))
+        if k in fields and not fields[k].metadata.get("static") and isinstance(v, (float, int, np.ndarray)):
+            kwargs[k] = jnp.asarray(v, dtype=jnp.result_type(float))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, eqx.EquinoxRuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"from_json: invalid {name} parameters ({reason}).") from None
+
+
+def grid_fields(ts: Float[ArrayLike, " N+1"], schedule: AbstractSchedule | None = None) -> dict[str, Any]:
+    """The JSON fields of one grid: `times`, `num_steps`, and with a schedule `schedule` and `sigmas`
+    (null where infinite). What `to_json` writes at the top level and the command writes per candidate."""
+    ts = _grid(ts)
+    out: dict[str, Any] = {"times": ts.tolist(), "num_steps": int(ts.shape[0] - 1)}
+    if schedule is not None:
+        out["schedule"] = _encode(schedule)
+        sig = sigma_of(schedule, ts)
+        out["sigmas"] = [float(s) if math.isfinite(s) else None for s in sig]
+    return out
 
 
 def to_json(
@@ -322,39 +396,88 @@ def to_json(
     r"""Serialize a grid (and optionally its schedule and free-form `metadata`) to JSON.
 
     Stores the times (full float64 precision), and with a schedule also its parameters, the sigmas
-    (`to_k_diffusion` form) and, for a `Discrete` schedule with an integer grid, the diffusers timesteps.
-    `from_json` reads it back.
+    (null where infinite) and, for a `Discrete` schedule with an integer grid, the diffusers timesteps.
+    `from_json` reads it back (and every result of the `gaussdiff` command: see the format notes above).
     """
-    ts = _grid(ts)
-    doc: dict[str, Any] = {"format": _FORMAT, "version": 1, "times": ts.tolist(), "num_steps": int(ts.shape[0] - 1)}
-    if schedule is not None:
-        doc["schedule"] = _encode(schedule)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExportWarning)
-            doc["sigmas"] = to_k_diffusion(ts, schedule) if np.isfinite(_sigma0(ts, schedule)) else None
-            if isinstance(schedule, Discrete) and ts[-1] == 0.0:
-                try:
-                    doc["diffusers_timesteps"] = to_diffusers(ts, schedule, "timesteps")
-                except ValueError:
-                    pass  # not on training indices
+    doc: dict[str, Any] = {"format": _FORMAT, "version": 1, **grid_fields(ts, schedule)}
+    if isinstance(schedule, Discrete) and doc["times"][-1] == 0.0:
+        try:
+            doc["diffusers_timesteps"] = to_diffusers(ts, schedule, "timesteps")
+        except ValueError:
+            pass  # not on training indices
     if metadata is not None:
         doc["metadata"] = dict(metadata)
-    return json.dumps(doc, indent=indent)
+    return json.dumps(doc, indent=indent, allow_nan=False)
 
 
-def _sigma0(ts, schedule):
-    return float(schedule.sigma(jnp.asarray(ts[0])))
+def _check_sigmas(ts: np.ndarray, schedule: AbstractSchedule, stored, where: str):
+    ours = sigma_of(schedule, ts)
+    if not isinstance(stored, list) or len(stored) != ours.shape[0]:
+        raise ValueError(f"from_json: {where}: 'sigmas' must be a list of {ours.shape[0]} numbers (null = infinite).")
+    theirs = np.asarray([math.inf if v is None else v for v in stored], dtype=np.float64)
+    same = (theirs == ours) | np.isclose(theirs, ours, rtol=1e-9, atol=0.0)
+    if not np.all(same):
+        k = int(np.argmin(same))
+        raise ValueError(
+            f"from_json: {where}: 'sigmas' differ from the schedule's sigma(times) at point {k} ({theirs[k]:.6g} vs "
+            f"{ours[k]:.6g}). The times and the schedule define the grid and the sigmas are derived from them: edit "
+            "'times' (or the schedule), and delete 'sigmas' or recompute them."
+        )
+
+
+def _decode_grid(doc, where: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise ValueError(f"from_json: {where} must be a JSON object with 'times'; got {type(doc).__name__}.")  # noqa: TRY004
+    if "times" not in doc:
+        raise ValueError(f"from_json: {where} has no 'times' (the grid's forward times).")
+    try:
+        times = np.asarray(doc["times"], dtype=np.float64)
+        times = validate_grid(jnp.asarray(times, dtype=jnp.result_type(float)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"from_json: {where}: 'times' {str(error).strip().splitlines()[0]}") from None
+    spec = doc.get("schedule")
+    if spec is not None and not (isinstance(spec, dict) and "__class__" in spec):
+        raise ValueError(f"from_json: {where}: 'schedule' must be an object with '__class__' (as to_json writes).")
+    schedule = None if spec is None else _decode_module(spec)
+    if schedule is not None and doc.get("sigmas") is not None:
+        _check_sigmas(np.asarray(times, dtype=np.float64), schedule, doc["sigmas"], where)
+    return {"times": times, "schedule": schedule}
+
+
+def _decode_candidate(candidate, k: int) -> dict[str, Any]:
+    if isinstance(candidate, dict) and candidate.get("times", 0) is None and candidate.get("error"):
+        return {**candidate, "schedule": None}  # a candidate that failed: its error, no grid
+    name = candidate.get("name", "?") if isinstance(candidate, dict) else "?"
+    return {**candidate, **_decode_grid(candidate, f"candidate {k} ({name})")}
 
 
 def from_json(text: str) -> dict[str, Any]:
-    """Read `to_json` output: a dict with `"times"` (jnp array), `"schedule"` (rebuilt, or `None`),
-    `"num_steps"`, and `"sigmas"`, `"diffusers_timesteps"`, `"metadata"` when stored."""
-    doc = json.loads(text)
+    """Read a grid document: `to_json` output, or a result of the `gaussdiff` command.
+
+    **Returns:** the document as a dict, with `"times"` (a jnp array) and `"schedule"` (rebuilt, or `None`)
+    decoded at the top level when it holds a grid, and in each entry of `"candidates"` when it has them (a
+    candidate that failed keeps `"times": None` and its `"error"`); other keys (`"sigmas"`,
+    `"diffusers_timesteps"`, `"metadata"`, the command's results) as stored.
+
+    **Raises:** `ValueError` with one line saying what is wrong: not JSON, not an object, another format or
+    version, a missing or malformed `times` / `schedule`, unknown schedule classes or fields, or `sigmas`
+    that disagree with the times and schedule (an edit of one without the other).
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"from_json: not JSON ({error.msg} at line {error.lineno}).") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise ValueError(f"from_json: not a {_FORMAT} document.")
+        got = f"a JSON {type(doc).__name__}" if not isinstance(doc, dict) else f"format {doc.get('format')!r}"
+        raise ValueError(f"from_json: not a {_FORMAT} document ({got}); write one with gdj.to_json or gaussdiff.")
     if doc.get("version") != 1:
         raise ValueError(f"from_json: unsupported version {doc.get('version')!r} (this reader knows 1).")
     out = dict(doc)
-    out["times"] = validate_grid(jnp.asarray(doc["times"], dtype=jnp.result_type(float)))
-    out["schedule"] = _decode(doc["schedule"]) if doc.get("schedule") is not None else None
+    candidates = doc.get("candidates")
+    if "times" in doc or candidates is None:
+        out.update(_decode_grid(doc, "the document"))
+    if candidates is not None:
+        if not isinstance(candidates, list) or not candidates:
+            raise ValueError("from_json: 'candidates' must be a non-empty list of grids.")
+        out["candidates"] = [_decode_candidate(c, k) for k, c in enumerate(candidates)]
     return out

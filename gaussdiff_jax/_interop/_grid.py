@@ -25,16 +25,18 @@ exponential integrator cost 1 network evaluation (NFE) per step; `Heun` (trapezo
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._sampler import DDIM, AbstractSampler
 from .._schedule import AbstractSchedule, Discrete
+from ._inverse import _float_dtype, _log_snr, is_clean, time_of_log_snr, time_of_sigma
 
 Grid = Float[Array, " N+1"]
 
@@ -86,10 +88,6 @@ def _positive_int(n, what: str) -> int:
     return int(n)
 
 
-def _float_dtype():
-    return jnp.result_type(float)
-
-
 def _as_grid(ts: np.ndarray) -> Grid:
     ts = np.asarray(ts, dtype=np.float64)
     if ts.shape[0] < 2 or not np.all(np.diff(ts) < 0):
@@ -105,51 +103,6 @@ def _check_range(t_max: float, t_min: float) -> tuple[float, float]:
     if not (0.0 <= t_min < t_max <= 1.0):
         raise ValueError(f"need 0 <= t_min < t_max <= 1; got t_max={t_max}, t_min={t_min}.")
     return t_max, t_min
-
-
-@eqx.filter_jit
-def _log_snr_compiled(schedule: AbstractSchedule, t):
-    return schedule.log_snr(t)
-
-
-def _log_snr(schedule: AbstractSchedule, t) -> np.ndarray:
-    # Compiled once per schedule type and shape: the bisection below calls it 64 times.
-    return np.asarray(_log_snr_compiled(schedule, jnp.asarray(t, dtype=_float_dtype())), dtype=np.float64)
-
-
-def is_clean(schedule: AbstractSchedule, t: float) -> bool:
-    r"""Whether $\sigma(t) = 0$ ($\bar\alpha(t) = 1$, infinite log-SNR): a grid ending there ends on the clean sample."""
-    return bool(np.isposinf(_log_snr(schedule, t)))
-
-
-def time_of_log_snr(
-    schedule: AbstractSchedule,
-    log_snr: Float[ArrayLike, "*shape"],
-    *,
-    t_lo: float = 0.0,
-    t_hi: float = 1.0,
-) -> Float[Array, "*shape"]:
-    r"""Invert the schedule: the time $t \in [t_{\rm lo}, t_{\rm hi}]$ with $\ell(t) =$ `log_snr`.
-
-    Bisection (the log-SNR is decreasing), to float64 round-off; values outside the range of $\ell$ on
-    the interval clip to its ends. Works for every schedule, including learned ones.
-    """
-    target = np.asarray(log_snr, dtype=np.float64)
-    lo = np.full(target.shape, float(t_lo))
-    hi = np.full(target.shape, float(t_hi))
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        above = _log_snr(schedule, mid) > target  # still too clean: the answer is later
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return jnp.asarray(0.5 * (lo + hi), dtype=_float_dtype())
-
-
-def time_of_sigma(schedule: AbstractSchedule, sigma: Float[ArrayLike, "*shape"], **bounds) -> Float[Array, "*shape"]:
-    r"""The time at which the schedule's VE noise level $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$ equals `sigma` (> 0)."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    if np.any(~(sigma > 0)):
-        raise ValueError("time_of_sigma: sigma must be > 0 (sigma = 0 is the clean end of the schedule).")
-    return time_of_log_snr(schedule, -2.0 * np.log(sigma), **bounds)
 
 
 def _default_floor(schedule: AbstractSchedule, t_floor: float | None, t_min: float) -> float:
@@ -375,7 +328,8 @@ def align_your_steps(
     levels = loglinear_interp(AYS_SIGMAS[model], n + 1)
     positive = levels[:-1] if clean else levels
     if transfer == "time":
-        ts = np.asarray(time_of_sigma(_stable_diffusion_table(), positive))
+        # The published 14.615 is the table's top level (14.6146...) rounded up: clip it to t = 1.
+        ts = np.asarray(time_of_sigma(_stable_diffusion_table(), positive, clip=True))
     elif transfer == "sigma":
         ell = -2.0 * np.log(positive)
         lo, hi = _log_snr(schedule, 1.0), _log_snr(schedule, t_min)
@@ -487,8 +441,19 @@ _BUILDERS: dict[str, Callable[..., Grid]] = {
     "leading": leading,
     "trailing": trailing,
     "linspace": linspace,
-    "ays_sd15": lambda schedule, n, **kw: align_your_steps(schedule, n, model="sd15", **kw),
-    "ays_sdxl": lambda schedule, n, **kw: align_your_steps(schedule, n, model="sdxl", **kw),
+    "ays_sd15": functools.partial(align_your_steps, model="sd15"),
+    "ays_sdxl": functools.partial(align_your_steps, model="sdxl"),
+}
+_DESCRIPTIONS = {
+    "uniform": "uniform in the schedule's time t",
+    "quadratic": "quadratic in t, dense near the data end (DDIM's 'quad')",
+    "log_snr": "uniform in log-SNR (DPM-Solver's 'logSNR')",
+    "karras": "Karras rho = 7 spacing of the noise levels",
+    "leading": "diffusers' 'leading' spacing (Discrete tables only)",
+    "trailing": "diffusers' 'trailing' spacing (Discrete tables only)",
+    "linspace": "diffusers' 'linspace' spacing (Discrete tables only)",
+    "ays_sd15": "Align Your Steps, Stable Diffusion 1.5's published levels, resampled",
+    "ays_sdxl": "Align Your Steps, SDXL's published levels, resampled",
 }
 _DISCRETE_ONLY = ("leading", "trailing", "linspace")
 
@@ -501,15 +466,35 @@ def available(schedule: AbstractSchedule | None = None) -> list[str]:
     return names
 
 
+def describe(name: str) -> str:
+    """One line on the grid `name` (for help texts)."""
+    _check_name(name)
+    return _DESCRIPTIONS[name]
+
+
+def range_options(name: str) -> tuple[str, ...]:
+    """Which of `t_max`, `t_min` the grid `name` takes. diffusers' spacings span their whole table (neither);
+    Align Your Steps starts at its published top level (only `t_min`)."""
+    _check_name(name)
+    parameters = inspect.signature(_BUILDERS[name]).parameters
+    return tuple(option for option in ("t_max", "t_min") if option in parameters)
+
+
+def _check_name(name: str):
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown grid {name!r}; available: {', '.join(available())}.")
+
+
 def make(
     name: str,
     schedule: AbstractSchedule,
-    nfe: int,
+    nfe: int | None = None,
     *,
+    num_steps: int | None = None,
     sampler: AbstractSampler | None = None,
     **options,
 ) -> Grid:
-    r"""The grid `name` for `schedule` with as many steps as the NFE budget `nfe` allows for `sampler`.
+    r"""The grid `name` for `schedule`, with `num_steps` steps or as many as the NFE budget `nfe` allows.
 
     **Arguments:**
 
@@ -517,14 +502,18 @@ def make(
       `"leading"`, `"trailing"`, `"linspace"` (diffusers spacings, `Discrete` only), `"ays_sd15"`, `"ays_sdxl"`.
     - `schedule`: the model's schedule.
     - `nfe`: network-evaluation budget; the number of steps is `steps_for_nfe(sampler, nfe)`.
-    - `sampler`: default `DDIM()` (1 NFE per step).
-    - `options`: passed to the builder (`t_max`, `t_min`, `t_floor`, `rho`, `steps_offset`, `transfer`, ...).
+    - `num_steps`: the number of steps instead of `nfe` (give exactly one of them).
+    - `sampler`: default `DDIM()` (1 NFE per step); only used with `nfe`.
+    - `options`: passed to the builder (`t_max`, `t_min` where `range_options(name)` lists them, `t_floor`,
+      `rho`, `steps_offset`, `transfer`, ...).
 
     **Returns:** forward times, shape `(steps + 1,)`.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown grid {name!r}; available: {', '.join(available())}.")
-    sampler = DDIM() if sampler is None else sampler
-    t_min = float(options.get("t_min", 0.0))
-    steps = steps_for_nfe(sampler, nfe, ends_clean=is_clean(schedule, t_min))
-    return _BUILDERS[name](schedule, steps, **options)
+    _check_name(name)
+    if (nfe is None) == (num_steps is None):
+        raise ValueError(f"grids.make: give exactly one of nfe and num_steps; got nfe={nfe}, num_steps={num_steps}.")
+    if num_steps is None:
+        sampler = DDIM() if sampler is None else sampler
+        t_min = float(options.get("t_min", 0.0))
+        num_steps = steps_for_nfe(sampler, nfe, ends_clean=is_clean(schedule, t_min))
+    return _BUILDERS[name](schedule, _positive_int(num_steps, "num_steps"), **options)

@@ -24,8 +24,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._core._errors import is_concrete
-from ._mixture import GaussianMixture, covariance_crossings
 from .._schedule import AbstractSchedule
+from ._mixture import GaussianMixture, covariance_crossings
 
 Kind = Literal["exact", "tight_bound", "unbounded", "no_closed_form"]
 
@@ -247,7 +247,9 @@ def maximize_hessian_norm(
     - `key`: PRNG key for the starting points (default `PRNGKey(0)`).
     - `num_starts`: uniform random starting points; `num_lines`: random lines per component pair on which
       the points where the pair balances ($w_i = w_j$, where $\mathrm{Cov}_w(v)$ peaks) are solved exactly
-      (the log-weight ratio is quadratic along a line); plus the component means and, for $d \le 10$, the corners.
+      (the log-weight ratio is quadratic along a line), as many again lying in the box's faces (for crossing
+      covariances $\|H\|$ grows along the balance set, so the maximum sits on the boundary); plus the component
+      means and, for $d \le 10$, the corners.
     - `num_refine`, `steps`: the best `num_refine` candidates are refined by a derivative-free local search
       (random moves with adaptive step sizes, kept inside the box) for `steps` iterations.
 
@@ -292,7 +294,9 @@ def _maximize(mixture, lo, hi, key, num_starts, num_lines, num_refine, steps):
         corners = jnp.asarray(np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T, dtype)
         seeds.append(lo + width * corners)
     if k >= 2:
-        seeds.append(_balance_seeds(mixture, lo, hi, k_line_p, k_line_e, num_lines))
+        seeds.append(_balance_seeds(mixture, lo, hi, k_line_p, k_line_e, num_lines, on_faces=False))
+        if d > 1:  # in 1-D the faces are the corners
+            seeds.append(_balance_seeds(mixture, lo, hi, k_line_e, k_line_p, num_lines, on_faces=True))
     cand = jnp.concatenate(seeds, axis=0)
     f = lambda y: hessian_norm(mixture, y)
     vals = f(cand)
@@ -333,13 +337,22 @@ def _maximize(mixture, lo, hi, key, num_starts, num_lines, num_refine, steps):
     return best_v[i], x, mixture.log_prob(x)
 
 
-def _balance_seeds(mixture, lo, hi, key_p, key_e, num_lines):
-    """Points on random lines where two components have equal weighted density (exact quadratic roots)."""
+def _balance_seeds(mixture, lo, hi, key_p, key_e, num_lines, *, on_faces):
+    """Points on random lines where two components have equal weighted density (exact quadratic roots).
+
+    With `on_faces` (d > 1), line `n` lies in face `n mod 2d` of the box (coordinate `(n mod 2d) // 2` pinned to
+    its lower or upper end, no motion along it), so the balance set's crossings with the boundary are found directly.
+    """
     d, k = mixture.dim, mixture.num_components
     dtype = mixture.means.dtype
     width = hi - lo
     p = lo + width * jax.random.uniform(key_p, (num_lines, d), dtype=dtype)
     e = jax.random.normal(key_e, (num_lines, d), dtype=dtype)
+    if on_faces:
+        face = np.arange(num_lines) % (2 * d)
+        pinned = jax.nn.one_hot(face // 2, d, dtype=bool)
+        p = jnp.where(pinned, jnp.where((face % 2 == 0)[:, None], lo, hi), p)
+        e = jnp.where(pinned, 0.0, e)
     e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
     scale = jnp.linalg.norm(width)
     ii, jj = np.triu_indices(k, 1)

@@ -28,10 +28,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._core._dtype import cast
-from .._analysis._jain_zhang import JainZhang
 from .._core._law import validate_grid
 from ._mixture import GaussianMixture
 from .._sampler import AbstractSampler
+from .._sampler._base import denoise
+from .._sampler._multistep import AbstractMultistepSampler, Level, StepInfo
 from .._schedule import AbstractSchedule
 
 ScoreFn = Callable[[Array, Array], Array]  # (x (d,), t scalar) -> score (d,)
@@ -112,33 +113,64 @@ def linear_score(
 
 def _trajectory(sampler, schedule, ts, score_fn, denoiser_fn, x0, key):
     """Final state of one particle started at x0 (d,), with its own noise key."""
-    if isinstance(sampler, JainZhang):
-        t0, t1, t2 = ts[:-2], ts[1:-1], ts[2:]
-        keys = jax.random.split(key, t0.shape[0])
-
-        def jz(x, inputs):
-            t, t_mid, t_end, k = inputs
-            big_h = 0.5 * schedule.log_alpha_bar_ratio(t, t_end)  # ODE from tau_k down to tau_{k-2}
-            two_h = schedule.log_alpha_bar_ratio(t_mid, t_end)  # re-noise from tau_{k-2} up to tau_{k-1}
-            y = jnp.exp(big_h) * x + jnp.expm1(big_h) * score_fn(x, t)
-            xi = jax.random.normal(k, x.shape, dtype=x.dtype)
-            return jnp.exp(-0.5 * two_h) * y + jnp.sqrt(-jnp.expm1(-two_h)) * xi, None
-
-        out, _ = jax.lax.scan(jz, x0, (t0, t1, t2, keys))
-        return out
-    keys = jax.random.split(key, ts.shape[0] - 1)
+    if isinstance(sampler, AbstractMultistepSampler):
+        return _multistep_trajectory(sampler, schedule, ts, score_fn, denoiser_fn, x0, key)
+    n = ts.shape[0] - 1 - sampler.lookahead
+    keys = jax.random.split(key, n)
+    times = tuple(ts[j : j + n] for j in range(sampler.lookahead + 2))
 
     def one(x, inputs):
-        t, t_next, k = inputs
+        *times, k = inputs
         noise = jax.random.normal(k, x.shape, dtype=x.dtype)
-        return sampler.literal_step(schedule, t, t_next, x, score_fn, denoiser_fn, noise), None
+        extra = {"t_after": times[2]} if sampler.lookahead else {}
+        return sampler.literal_step(schedule, times[0], times[1], x, score_fn, denoiser_fn, noise, **extra), None
 
-    out, _ = jax.lax.scan(one, x0, (ts[:-1], ts[1:], keys))
+    out, _ = jax.lax.scan(one, x0, (*times, keys))
     return out
 
 
+def _multistep_trajectory(sampler, schedule, ts, score_fn, denoiser_fn, x0, key):
+    """A multistep sampler's combinations run on one particle: each slot holds a point (d,)."""
+    if not all(sampler.grid_slots):
+        raise ValueError(
+            f"simulate: {type(sampler).__name__} evaluates the model between grid points, where a score function "
+            "of forward time cannot be called; simulate it on a grid that contains those levels instead."
+        )
+    s, n = sampler.num_slots, ts.shape[0] - 1
+    level0 = Level.at(schedule, ts[0])
+    carry0 = (jnp.stack([x0] * s), (level0,) * s, sampler.init(schedule, ts[0]))
+
+    def denoised(x, level):
+        return denoise(schedule, level.t, x, score_fn, denoiser_fn)
+
+    def one(carry, inputs):
+        xs, levels, state = carry
+        t_next, k, key = inputs
+        writes, state = sampler.step(schedule, levels, Level.at(schedule, t_next), state, StepInfo(k, jnp.int32(n)))
+        for w, (target, cmb) in enumerate(writes):
+            new = cmb.scale * xs[cmb.base]
+            for j in range(s):
+                d_j = denoised(xs[j], levels[j])
+                safe_sigma = jnp.where(levels[j].sigma > 0, levels[j].sigma, 1.0)
+                eps_j = (xs[j] - levels[j].alpha * d_j) / safe_sigma
+                new = new + cmb.data[j] * d_j + cmb.noise[j] * eps_j
+            noise = jax.random.normal(jax.random.fold_in(key, w), new.shape, dtype=new.dtype)
+            new = new + jnp.sqrt(jnp.asarray(cmb.fresh, dtype=new.dtype)) * noise
+            if target is None:
+                xs = jnp.concatenate([new[None], xs[:-1]])
+                levels = (cmb.level,) + tuple(levels[:-1])
+            else:
+                xs = xs.at[target].set(new)
+                levels = tuple(cmb.level if j == target else levels[j] for j in range(s))
+        return (xs, levels, state), None
+
+    inputs = (ts[1:], jnp.arange(n, dtype=jnp.int32), jax.random.split(key, n))
+    (xs, _, _), _ = jax.lax.scan(one, carry0, inputs)
+    return xs[0]
+
+
 def simulate(
-    sampler: AbstractSampler | JainZhang,
+    sampler: AbstractSampler,
     schedule: AbstractSchedule,
     ts: Float[ArrayLike, " n"],
     score_fn: ScoreFn,
@@ -177,8 +209,8 @@ def simulate(
     schedule, score_fn, denoiser_fn = cast((schedule, score_fn, denoiser_fn), dtype)
     if isinstance(init, GaussianMixture):
         init = cast(init, dtype)
-    if isinstance(sampler, JainZhang) and ts.shape[0] < 3:
-        raise ValueError("simulate: JainZhang needs at least 3 grid points (one iteration spans three).")
+    if ts.shape[0] < 2 + sampler.lookahead:
+        raise ValueError(f"simulate: {type(sampler).__name__} needs at least {2 + sampler.lookahead} grid points.")
     if isinstance(init, GaussianMixture):
         init_law = init
         d = init.dim
@@ -191,7 +223,7 @@ def simulate(
         init_law = GaussianMixture(jnp.ones(1, dtype), jnp.zeros((1, d), dtype), jnp.ones((1, d), dtype))
     else:
         raise ValueError("simulate: init must be 'standard' or a GaussianMixture (the law of x at ts[0]).")
-    if log_density and (isinstance(sampler, JainZhang) or not sampler.is_deterministic):
+    if log_density and not sampler.is_deterministic:
         raise ValueError(
             f"simulate: log_density=True needs a deterministic sampler (a flow map); {type(sampler).__name__} adds "
             "noise, so its output density has no closed form. Use cross_entropy or w2_exact_ot instead."

@@ -15,3 +15,11 @@ from ._time import (
     Heun as Heun,
     ode_field as ode_field,
 )
+from ._multistep import (
+    AbstractMultistepSampler as AbstractMultistepSampler,
+    Combination as Combination,
+    Level as Level,
+    StepInfo as StepInfo,
+)
+from ._dpm_solver import DPMSolverMultistep as DPMSolverMultistep
+from ._jain_zhang import JainZhang as JainZhang

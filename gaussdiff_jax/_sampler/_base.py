@@ -28,6 +28,10 @@ class AffineStep(NamedTuple):
     - `mean_defect` $= A\sqrt{\bar\alpha} + C - \sqrt{\bar\alpha'}$: its mean error.
     - `exact_gain`: $A$ computed directly, for steps where $A$ can be much smaller than 1 (a jump to
       $\bar\alpha' \approx 1$ on a tiny eigenvalue), where $1 + (A - 1)$ would lose its relative precision.
+    - `evaluations`: the step's denoiser evaluations as `(t_eval, weight)` pairs: forward time of the
+      evaluation and the weight (per mode) with which an error in the denoiser output $D$ (the $x_0$
+      prediction) there enters $y'$. Used to propagate a network's error (`ErrorProfile`); `None` if the
+      sampler does not state them.
     """
 
     gain_minus_one: Modes
@@ -36,6 +40,7 @@ class AffineStep(NamedTuple):
     variance_defect: Modes | None = None
     mean_defect: Modes | None = None
     exact_gain: Modes | None = None
+    evaluations: tuple[tuple[Array, Modes], ...] | None = None
 
     @property
     def gain(self) -> Modes:
@@ -76,6 +81,8 @@ class AbstractSampler(eqx.Module):
     - `needs_beta`: whether the sampler uses the instantaneous rate $\beta(t)$ (samplers in $t$), rather
       than only $\bar\alpha$ at the grid points (samplers in $\sigma$, which accept $\bar\alpha = 0$).
     - `stochastic`: whether it draws fresh noise (`is_deterministic` may refine it per instance).
+    - `lookahead`: 1 for samplers whose step from $t_k$ to $t_{k+1}$ also needs $t_{k+2}$ (Jain–Zhang); their
+      `step` takes `t_after=` and a run on $N + 1$ points makes $N - 1$ steps, ending at $t_{N-1}$.
 
     `literal_step` is the textbook update rule on particles, used by `gdj.simulate` (Monte Carlo with any
     score, e.g. a Gaussian mixture's).
@@ -85,6 +92,7 @@ class AbstractSampler(eqx.Module):
     order: ClassVar[int] = 1
     needs_beta: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
+    lookahead: ClassVar[int] = 0
 
     @property
     def is_deterministic(self) -> bool:
@@ -100,7 +108,7 @@ class AbstractSampler(eqx.Module):
         return self.evaluations_per_step * (int(np.shape(ts)[0]) - 1)
 
     def steps_for_nfe(self, nfe: int, *, ends_clean: bool = True) -> int:
-        """The largest number of steps whose NFE fits the budget `nfe` (0 if none does).
+        r"""The largest number of steps whose NFE fits the budget `nfe` (0 if none does).
 
         `ends_clean`: whether the grid ends at $\sigma = 0$ (samplers whose last step is cheaper there)."""
         return int(nfe) // self.evaluations_per_step

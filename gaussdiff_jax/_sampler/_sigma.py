@@ -98,6 +98,8 @@ class DDIM(AbstractSampler):
         one_minus_kappa = redraw / (1 + kappa)
         one_minus_x = one_minus_cos + one_minus_kappa * sin_t * sin_tn
         variance_defect = -one_minus_x * (2 - one_minus_x) + redraw * sin_tn**2
+        # x' = sqrt(abar') D + kappa sqrt(1 - abar') eps_hat + noise, eps_hat = (x - sqrt(abar) D)/sqrt(1 - abar).
+        error_weight = sq_ab_n - kappa * sqrt_om_n * sq_ab / jnp.where(sqrt_om > 0, sqrt_om, 1.0)
         return AffineStep(
             gain_minus_one=gain_minus_one,
             offset=offset,
@@ -105,6 +107,7 @@ class DDIM(AbstractSampler):
             variance_defect=variance_defect,
             mean_defect=jnp.zeros_like(gain_minus_one),
             exact_gain=gain,
+            evaluations=((t, jnp.broadcast_to(error_weight, jnp.shape(gain_minus_one))),),
         )
 
 
@@ -161,10 +164,20 @@ class EDMHeun(AbstractSampler):
         g_euler = (lam + sig * sig_n) / lam_s2
         gain = (1 + scale_minus_one) * jnp.where(sig_n > 0, g_heun, g_euler)
         offset = mg_next.sqrt_alpha_bar - gain * mg.sqrt_alpha_bar
+        # Denoiser errors e1 (at sigma) and e2 (at the predictor, sigma'): d = (xbar - D)/sigma, and the
+        # predictor's error reaches D(pred) with the denoiser's gain lam/(lam + sigma'^2).
+        ra_n = mg_next.sqrt_alpha_bar
+        safe_sig = jnp.where(sig > 0, sig, 1.0)
+        safe_sig_n = jnp.where(sig_n > 0, sig_n, 1.0)
+        through = sig_n**2 / lam_s2_next_safe * d_sig / safe_sig_n  # (1 - lam/(lam + s'^2)) (s' - s)/s'
+        w1_heun = -0.5 * ra_n * d_sig / safe_sig * (1 + through)
+        w1 = jnp.where(sig_n > 0, w1_heun, -ra_n * d_sig / safe_sig)
+        w2 = jnp.where(sig_n > 0, -0.5 * ra_n * d_sig / safe_sig_n, 0.0) * jnp.ones_like(lam)
         return AffineStep(
             gain_minus_one=gain_minus_one,
             offset=offset,
             noise_variance=jnp.zeros_like(gain_minus_one),
             mean_defect=jnp.zeros_like(gain_minus_one),
             exact_gain=gain,
+            evaluations=((t, w1), (t_next, w2)),
         )

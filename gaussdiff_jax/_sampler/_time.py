@@ -18,6 +18,13 @@ from ._base import AbstractSampler, AffineStep, Modes, marginal
 from ._registry import register
 
 
+def _score_weight(coefficient, mg, lam: Modes) -> Modes:
+    r"""Weight of a denoiser error on a step that adds `coefficient` times the score: the score is
+    $-(x - \sqrt{\bar\alpha}D)/(1 - \bar\alpha)$, so an error $e$ in $D$ moves it by $\sqrt{\bar\alpha}\,e/(1 - \bar\alpha)$."""
+    om = mg.one_minus_alpha_bar
+    return jnp.broadcast_to(coefficient * mg.sqrt_alpha_bar / jnp.where(om > 0, om, 1.0), jnp.shape(lam))
+
+
 def ode_field(schedule: AbstractSchedule, s, lam: Modes) -> tuple[Modes, Modes]:
     r"""The probability-flow ODE's affine field $(a^o(s), c^o(s))$ per mode, in reverse time."""
     mg = marginal(schedule, s, lam)
@@ -44,6 +51,7 @@ class EulerMaruyama(AbstractSampler):
             gain_minus_one=hb * (1 - 2 * inv_R2),
             offset=2 * hb * mg.sqrt_alpha_bar * inv_R2,
             noise_variance=jnp.broadcast_to(2 * hb, jnp.shape(lam)),
+            evaluations=((t, _score_weight(2 * hb, mg, lam)),),
         )
 
 
@@ -71,6 +79,7 @@ class ExponentialIntegrator(AbstractSampler):
             gain_minus_one=g1 * (1 - 2 * inv_R2),
             offset=2 * g1 * mg.sqrt_alpha_bar * inv_R2,
             noise_variance=jnp.broadcast_to(jnp.expm1(two_delta), jnp.shape(lam)),
+            evaluations=((t, _score_weight(2 * g1, mg, lam)),),
         )
 
 
@@ -136,7 +145,8 @@ class DDPM(AbstractSampler):
             noise = beta_k
         else:
             noise = beta_k * mg_next.one_minus_alpha_bar / mg.one_minus_alpha_bar
-        return AffineStep(gain_minus_one, offset, jnp.broadcast_to(noise, jnp.shape(lam)))
+        error = _score_weight(beta_k / sqrt_keep, mg, lam)
+        return AffineStep(gain_minus_one, offset, jnp.broadcast_to(noise, jnp.shape(lam)), evaluations=((t, error),))
 
 
 class AbstractRungeKutta(AbstractSampler):
@@ -165,12 +175,19 @@ class AbstractRungeKutta(AbstractSampler):
         h = t - t_next
         Ks: list[Array] = []
         Ls: list[Array] = []
+        fields: list[Array] = []
+        error_slopes: list[Array] = []
+        stage_times = []
         for i, node in enumerate(self.nodes):
             # The last stage sits at t_next itself: in float32, t - h can differ from t_next by ulp(t), which
             # is a large relative error when t_next << t (a final step to t_min = 1e-3 shifts beta(t_min)
             # and R^2(t_min) by ~1e-5 relative, and stiff steps amplify that by ~1/|A|).
             stage_time = t_next if node == 1 else t - node * h
             a_i, c_i = ode_field(schedule, stage_time, lam)
+            fields.append(a_i)
+            stage_times.append(stage_time)
+            mg_i = marginal(schedule, stage_time, lam)
+            error_slopes.append(_score_weight(0.5 * schedule.beta(stage_time), mg_i, lam))
             coeffs = self.matrix[i]
             stage_K = sum((coeffs[j] * Ks[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
             stage_L = sum((coeffs[j] * Ls[j] for j in range(i) if coeffs[j]), jnp.zeros_like(a_i))
@@ -178,7 +195,20 @@ class AbstractRungeKutta(AbstractSampler):
             Ls.append(a_i * h * stage_L + c_i)
         gain_minus_one = h * sum(w * K for w, K in zip(self.weights, Ks) if w)
         offset = h * sum(w * L for w, L in zip(self.weights, Ls) if w)
-        return AffineStep(gain_minus_one, offset, jnp.zeros_like(gain_minus_one))
+        return AffineStep(gain_minus_one, offset, jnp.zeros_like(gain_minus_one),
+                          evaluations=self._error_weights(h, fields, error_slopes, stage_times))
+
+    def _error_weights(self, h, fields, error_slopes, stage_times):
+        """Per stage i, the weight of a denoiser error there on the step's output: an error moves slope i by
+        `error_slopes[i]`, and later stages see it through their state (slope = field * state)."""
+        out = []
+        for i in range(len(self.nodes)):
+            d_slopes: list = []
+            for l in range(len(self.nodes)):
+                through = sum((self.matrix[l][j] * d_slopes[j] for j in range(l) if self.matrix[l][j]), 0.0)
+                d_slopes.append(fields[l] * h * through + (error_slopes[i] if l == i else 0.0))
+            out.append((stage_times[i], h * sum(w * d for w, d in zip(self.weights, d_slopes) if w)))
+        return tuple(out)
 
 
 @register("euler", "Euler on the probability-flow ODE in t")

@@ -9,8 +9,9 @@ of all devices (`jax.devices()`: every device of every process):
   per-mode terms are summed per device, then across devices (an all-reduce inserted by XLA). Padding
   modes have weight 0. Results differ from one device only by summation order (~1e-16 relative).
 
-The compiled function is the one `sweep` uses; only the inputs' placement changes, and XLA's SPMD
-partitioner does the rest. **Several processes** (`jax.distributed.initialize(...)` first, one call
+The compiled function is the one `sweep` uses; only the inputs' placement changes (`place`), and XLA's
+SPMD partitioner does the rest. This module only places and gathers arrays: it does not import the
+sweep (which imports it). **Several processes** (`jax.distributed.initialize(...)` first, one call
 per host, e.g. under SLURM or on localhost): every process calls `sweep` with the same arguments, each
 builds only the shards its own devices hold (`jax.make_array_from_callback`), and every process gets
 the full results back (`process_allgather`).
@@ -27,7 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._core._source import GaussianSource
+from ._padding import pad_modes, pad_spectra
 
 Axis = Literal["spectra", "modes"]
 _MESH_AXIS = "devices"
@@ -67,25 +68,6 @@ def as_device_sharding(sharding) -> DeviceSharding:
     )
 
 
-def _pad_spectra(source: GaussianSource, multiple: int) -> GaussianSource:
-    """Pad the spectra axis with copies of the last spectrum (valid inputs, results dropped)."""
-    pad = -source.eigenvalues.shape[0] % multiple
-    edge = lambda x: None if x is None else jnp.pad(x, ((0, pad), (0, 0)), mode="edge")
-    return GaussianSource(edge(source.eigenvalues), edge(source.mean), edge(source.weights))
-
-
-def _pad_modes(source: GaussianSource, multiple: int) -> GaussianSource:
-    """Pad the modes axis with weight-0 modes (eigenvalue 1, mean 0): they add exactly 0."""
-    pad = -source.dim % multiple
-    width = ((0, 0),) * (source.eigenvalues.ndim - 1) + ((0, pad),)
-    weights = jnp.ones_like(source.eigenvalues) if source.weights is None else source.weights
-    return GaussianSource(
-        jnp.pad(source.eigenvalues, width, constant_values=1.0),
-        None if source.mean is None else jnp.pad(source.mean, width),
-        jnp.pad(weights, width),
-    )
-
-
 def _place(x, sharding: NamedSharding):
     """A global array with `sharding`, each process building only its own devices' shards."""
     host = np.asarray(x)
@@ -99,24 +81,25 @@ def gather(x: jax.Array) -> jax.Array:
     return x
 
 
-def sharded_evaluate(inputs, sharding, *, init, target, metrics) -> dict:
-    """`_sweep.evaluate` on inputs placed over a device mesh; returns full results on every process."""
-    from ._sweep import evaluate  # the sweep module imports this one lazily
+def place(inputs, sharding) -> tuple:
+    """`inputs` (a `SweepInputs`) placed over the device mesh of `sharding`, padded to fit it.
 
+    **Returns:** `(placed, num_spectra)`: evaluate `placed` with the sweep's compiled function, then
+    `gather` each result and keep its first `num_spectra` rows (the rest are padding).
+    """
     spec = as_device_sharding(sharding)
     mesh = spec.mesh()
     n_dev = mesh.devices.size
     num_spectra = inputs.sources.eigenvalues.shape[0]
     if spec.axis == "spectra":
-        source = _pad_spectra(inputs.sources, n_dev)
+        source = pad_spectra(inputs.sources, multiple=n_dev)
         source_spec = PartitionSpec(_MESH_AXIS, None)
     else:
-        source = _pad_modes(inputs.sources, n_dev)
+        source = pad_modes(inputs.sources, multiple=n_dev)
         source_spec = PartitionSpec(None, _MESH_AXIS)
     split, replicated = NamedSharding(mesh, source_spec), NamedSharding(mesh, PartitionSpec())
     source = jax.tree.map(lambda x: _place(x, split), source)
     rest = eqx.tree_at(lambda i: i.sources, inputs, None)
     rest = jax.tree.map(lambda x: _place(x, replicated) if eqx.is_array(x) else x, rest)
     placed = eqx.tree_at(lambda i: i.sources, rest, source, is_leaf=lambda x: x is None)
-    results = evaluate(placed, init=init, target=target, metrics=metrics)
-    return {m: gather(v)[:num_spectra] for m, v in results.items()}
+    return placed, num_spectra

@@ -9,8 +9,10 @@ num_schedules)`. One jitted function does all of it:
 
 - **spectra** of different sizes are stacked by padding with weight-0 modes (a weight-0 mode adds
   exactly 0 to every divergence), then vmapped;
-- **schedules** of one type are stacked leaf by leaf and vmapped (e.g. `LinearBeta` with 20 values of
-  `beta_max`);
+- **schedules** of one structure (same type, same array shapes, same static fields) are stacked leaf
+  by leaf and vmapped (e.g. `LinearBeta` with 20 values of `beta_max`). A list mixing structures
+  (`[EDM(), Tangent(0.3), LinearBeta()]`) is split into such groups, one compiled call each (a call
+  with the same group shapes reuses its compilation), and the results are put back in list order;
 - **step counts** share one padded grid length $N_{\max}$: each count's grid is padded and run with
   `sample_law(..., num_steps=N)`, whose steps past $N$ are masked identities. So the compiled function
   depends on $N_{\max}$ and the number of counts, not on the counts themselves;
@@ -18,7 +20,11 @@ num_schedules)`. One jitted function does all of it:
 
 Forward memory is $O(d)$ per combination (the scan keeps three per-mode states), never $O(Nd)$.
 Padded steps cost as much as real ones: a sweep over counts (10, 1000) runs 2 × 1000 steps.
-Large sweeps spread over devices with `sharding=` (see `gaussdiff_jax._sharding`).
+Large sweeps spread over devices with `sharding=` (see `gaussdiff_jax._scale._sharding`).
+
+**Which spectra.** One `GaussianSource` with eigenvalues `(d,)` is one spectrum, `(S, d)` is `S` spectra;
+a list holds one spectrum per entry (each `(d_i,)`, sizes may differ). Other shapes are rejected rather
+than flattened, so that row `i` of the results is always entry `i` of what was passed.
 """
 
 from __future__ import annotations
@@ -32,17 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .._interop import _grid
-from .._core._divergence import kl, w2
+from .._core._divergence import kl, w2_squared
 from .._core._dtype import cast
 from .._core._law import Init, sample_law
+from .._core._source import GaussianSource
+from .._interop import _grid
 from .._sampler import AbstractSampler
 from .._schedule import AbstractSchedule
-from .._core._source import GaussianSource
+from ._padding import pad_modes
+from ._sharding import gather, place
 
 Metric = Literal["kl", "kl_reverse", "w2"]
 METRICS: tuple[str, ...] = ("kl", "kl_reverse", "w2")
 GridSpec = str | Callable[[AbstractSchedule, int], Float[ArrayLike, " n"]]
+GridSpecs = GridSpec | Sequence[GridSpec]
 
 
 class SweepInputs(eqx.Module):
@@ -109,29 +118,43 @@ def _as_tuple(x, kind) -> tuple:
     return x
 
 
+def _rows(sources) -> list[GaussianSource]:
+    """The sweep's spectra as a list of sources `(d_i,)` or one source `(S, d)` (the module's shape rule)."""
+    listed = _as_tuple(sources, GaussianSource)
+    if len(listed) == 1:
+        if listed[0].eigenvalues.ndim > 2:
+            raise ValueError(
+                f"sweep: a source of batch shape {listed[0].batch_shape} is ambiguous; pass eigenvalues of shape "
+                "(d,) for one spectrum or (S, d) for S spectra (reshape the batch to one axis)."
+            )
+        return list(listed)
+    for k, s in enumerate(listed):
+        if s.eigenvalues.ndim != 1:
+            raise ValueError(
+                f"sweep: entry {k} of the list of sources has eigenvalues of shape {s.eigenvalues.shape}; a list "
+                "holds one spectrum (d,) per entry. Pass a batched source (S, d) alone, or list its spectra."
+            )
+    return list(listed)
+
+
 def stack_sources(sources: GaussianSource | Sequence[GaussianSource]) -> GaussianSource:
-    r"""One `(S, d)` source from several spectra, padding shorter ones with weight-0 modes.
+    r"""One `(S, d)` source from the sweep's spectra, padding smaller ones with weight-0 modes (`pad_modes`).
 
-    Each input may itself be a batch `(*batch, d_i)`; batches are flattened into `S`. Padding modes
-    have eigenvalue 1, mean 0 and weight 0, so they add exactly 0 to every divergence (and cannot
-    make a KL singular). Dtype: the widest floating dtype among the inputs.
+    `sources`: one source `(d,)` or `(S, d)`, or a list of sources `(d_i,)` (see the module docstring).
+    Dtype: the widest floating dtype among the inputs.
     """
-    sources = _as_tuple(sources, GaussianSource)
-    dtype = jnp.result_type(*[s.eigenvalues.dtype for s in sources])
-    d = max(s.dim for s in sources)
-    need_weights = any(s.weights is not None or s.dim < d for s in sources)
-    need_mean = any(s.mean is not None for s in sources)
+    rows = _rows(sources)
+    dtype = jnp.result_type(*[s.eigenvalues.dtype for s in rows])
+    d = max(s.dim for s in rows)
+    need_weights = any(s.weights is not None or s.dim < d for s in rows)
+    need_mean = any(s.mean is not None for s in rows)
     lam, mean, weights = [], [], []
-    for s in sources:
-
-        def flat(x, dim=s.dim):
-            return jnp.reshape(x, (-1, dim)).astype(dtype)
-
-        pad = d - s.dim
-        lam.append(jnp.pad(flat(s.eigenvalues), ((0, 0), (0, pad)), constant_values=1.0))
-        mean.append(jnp.pad(flat(s.mean_or_zero), ((0, 0), (0, pad))))
-        w = jnp.ones_like(s.eigenvalues) if s.weights is None else s.weights
-        weights.append(jnp.pad(flat(w), ((0, 0), (0, pad))))
+    for s in rows:
+        padded = pad_modes(cast(s, dtype), to=d)
+        lam.append(jnp.reshape(padded.eigenvalues, (-1, d)))
+        mean.append(jnp.reshape(padded.mean_or_zero, (-1, d)))
+        w = padded.weights
+        weights.append(jnp.ones_like(lam[-1]) if w is None else jnp.reshape(w, (-1, d)))
     return GaussianSource(
         jnp.concatenate(lam),
         jnp.concatenate(mean) if need_mean else None,
@@ -139,29 +162,42 @@ def stack_sources(sources: GaussianSource | Sequence[GaussianSource]) -> Gaussia
     )
 
 
+def _stack_key(schedule: AbstractSchedule):
+    arrays, static = eqx.partition(schedule, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    return type(schedule), treedef, tuple((x.shape, x.dtype) for x in leaves), static
+
+
+def group_schedules(schedules: Sequence[AbstractSchedule]) -> list[list[int]]:
+    """Indices of `schedules` grouped by stackable structure (same type, array shapes and static fields),
+    groups in order of first appearance."""
+    groups: list[tuple[tuple, list[int]]] = []
+    for i, schedule in enumerate(schedules):
+        key = _stack_key(schedule)
+        for other, members in groups:
+            if other[:3] == key[:3] and eqx.tree_equal(other[3], key[3]) is True:
+                members.append(i)
+                break
+        else:
+            groups.append((key, [i]))
+    return [members for _, members in groups]
+
+
 def stack_schedules(schedules: AbstractSchedule | Sequence[AbstractSchedule]) -> AbstractSchedule:
     """One schedule whose array leaves carry a leading axis `P` (one entry per input schedule).
 
-    All schedules must have the same type and structure (e.g. several `LinearBeta`, or `Discrete`
-    tables of one length); sweep different schedule types with separate calls.
+    All schedules must share one structure (`group_schedules` puts them in one group); `sweep` groups a
+    mixed list itself.
     """
     schedules = _as_tuple(schedules, AbstractSchedule)
-    first_arrays, first_static = eqx.partition(schedules[0], eqx.is_array)
-    parts = []
-    for s in schedules:
-        arrays, static = eqx.partition(s, eqx.is_array)
-        same = type(s) is type(schedules[0]) and jax.tree.structure(arrays) == jax.tree.structure(first_arrays)
-        if not same or not eqx.tree_equal(static, first_static):
-            raise ValueError(
-                f"sweep: schedules must share one type and structure to be stacked; got "
-                f"{type(schedules[0]).__name__} and {type(s).__name__}. Sweep each type separately."
-            )
-        parts.append(arrays)
-    try:
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
-    except ValueError as err:
-        raise ValueError(f"sweep: schedule parameters of different shapes cannot be stacked ({err}).") from None
-    return eqx.combine(stacked, first_static)
+    if len(group_schedules(schedules)) > 1:
+        raise ValueError(
+            f"stack_schedules: schedules must share one type and structure to be stacked; got "
+            f"{', '.join(sorted({type(s).__name__ for s in schedules}))}. Use group_schedules to split them."
+        )
+    parts = [eqx.partition(s, eqx.is_array)[0] for s in schedules]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+    return eqx.combine(stacked, eqx.partition(schedules[0], eqx.is_array)[1])
 
 
 def _grid_builder(grid: GridSpec, t_max: float, t_min: float):
@@ -170,16 +206,27 @@ def _grid_builder(grid: GridSpec, t_max: float, t_min: float):
     if isinstance(grid, str):
         if grid not in _grid.available():
             raise ValueError(f"sweep: unknown grid {grid!r}; available: {', '.join(_grid.available())}.")
-        builder = _grid._BUILDERS[grid]
-        return lambda schedule, n: builder(schedule, n, t_max=t_max, t_min=t_min)
+        options = {"t_max": t_max, "t_min": t_min}
+        options = {k: v for k, v in options.items() if k in _grid.range_options(grid)}
+        return lambda schedule, n: _grid.make(grid, schedule, num_steps=n, **options)
     raise ValueError(f"sweep: grid must be a grid name or a callable (schedule, num_steps) -> ts; got {grid!r}.")
 
 
-def _padded_grids(schedules, counts, builder, dtype) -> np.ndarray:
+def _grid_builders(grid, num_schedules: int, t_max: float, t_min: float) -> list:
+    """One grid builder per schedule: `grid` is one spec for all, or a list with one spec per schedule."""
+    if isinstance(grid, str) or callable(grid):
+        return [_grid_builder(grid, t_max, t_min)] * num_schedules
+    specs = list(grid)
+    if len(specs) != num_schedules:
+        raise ValueError(f"sweep: got {len(specs)} grid specs for {num_schedules} schedules; give one, or one each.")
+    return [_grid_builder(g, t_max, t_min) for g in specs]
+
+
+def _padded_grids(schedules, counts, builders, dtype) -> Array:
     """Grids for every (schedule, count), padded to `max(counts) + 1` points by repeating the last time."""
     n_max = max(counts)
     out = np.empty((len(schedules), len(counts), n_max + 1))
-    for p, schedule in enumerate(schedules):
+    for p, (schedule, builder) in enumerate(zip(schedules, builders)):
         for c, n in enumerate(counts):
             ts = np.asarray(builder(schedule, n), dtype=np.float64)
             if ts.shape != (n + 1,):
@@ -196,29 +243,15 @@ def _step_counts(num_steps) -> tuple[int, ...]:
     return counts
 
 
-def prepare(
-    sources: GaussianSource | Sequence[GaussianSource],
-    samplers: AbstractSampler | Sequence[AbstractSampler],
-    num_steps: int | Sequence[int],
-    schedules: AbstractSchedule | Sequence[AbstractSchedule],
-    *,
-    grid: GridSpec = "uniform",
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
-) -> SweepInputs:
-    """Stack and pad a sweep's inputs (arguments as in `sweep`). Grids are built on the host, once per
-    (schedule, step count); everything is cast to the spectra's floating dtype."""
-    source = stack_sources(sources)
+def _prepare(source, samplers, counts, schedules, builders) -> SweepInputs:
+    """Stack one group of schedules with their padded grids (built on the host, once per (schedule, count))."""
     dtype = source.eigenvalues.dtype
-    schedule_list = _as_tuple(schedules, AbstractSchedule)
-    counts = _step_counts(num_steps)
-    grids = _padded_grids(schedule_list, counts, _grid_builder(grid, t_max, t_min), dtype)
     return SweepInputs(
         sources=source,
-        schedules=cast(stack_schedules(schedule_list), dtype),
-        grids=grids,
+        schedules=stack_schedules(schedules),
+        grids=_padded_grids(schedules, counts, builders, dtype),
         num_steps=jnp.asarray(counts, dtype=jnp.int32),
-        samplers=tuple(cast(s, dtype) for s in _as_tuple(samplers, AbstractSampler)),
+        samplers=samplers,
     )
 
 
@@ -229,28 +262,56 @@ def _divergences(source, law, target, metrics) -> dict[str, Array]:
     if "kl_reverse" in metrics:
         out["kl_reverse"] = kl(source, law, target=target, direction="sample_to_target")
     if "w2" in metrics:
-        out["w2"] = w2(source, law, target=target)
+        # sqrt of W2^2, not w2(): the same numbers, but a NaN stays NaN (w2 maps it to 0 through its
+        # zero-gradient guard, which a sweep, never differentiated, does not need).
+        out["w2"] = jnp.sqrt(w2_squared(source, law, target=target))
     return out
 
 
-@eqx.filter_jit
-def evaluate(inputs: SweepInputs, *, init: Init, target: str, metrics: tuple[str, ...]):
-    """The compiled sweep: a dict metric -> array `(S, M, C, P)`. Jit-compiled once per input shapes."""
+def _over(fn, size: int, in_axes: tuple):
+    """`jax.vmap(fn, in_axes)` over an axis of `size`, or for `size == 1` `fn` on its only entry, with the
+    axis put back. Same program, but tracing vmaps of the engine's scan costs ~0.2 s per level on CPU,
+    which dominates small sweeps (a command-line evaluation is 1 x 1 x 1)."""
+    if size > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def only(*args):
+        def first(x):
+            return x[0] if eqx.is_array(x) else x
+
+        picked = [a if axis is None else jax.tree.map(first, a) for a, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda y: y[None], fn(*picked))
+
+    return only
+
+
+def _evaluate(inputs: SweepInputs, *, init: Init, target: str, metrics: tuple[str, ...]):
+    """The sweep of one group of schedules: a dict metric -> array `(S, M, C, P)` (traced inside `evaluate_groups`)."""
+    num_schedules, num_counts, _ = inputs.grids.shape
+    num_spectra = inputs.sources.eigenvalues.shape[0]
+    padded = num_counts > 1  # one count: its grid is unpadded, the scan needs no mask
 
     def cell(source, schedule, ts, n, sampler):
-        law = sample_law(source, schedule, sampler, ts, init=init, num_steps=n)
+        law = sample_law(source, schedule, sampler, ts, init=init, num_steps=n if padded else None)
         return _divergences(source, law, target, metrics)
 
     def per_sampler(sampler):
-        over_counts = jax.vmap(cell, in_axes=(None, None, 0, 0, None))
-        over_schedules = jax.vmap(over_counts, in_axes=(None, 0, 0, None, None))
-        over_sources = jax.vmap(over_schedules, in_axes=(0, None, None, None, None))
+        over_counts = _over(cell, num_counts, (None, None, 0, 0, None))
+        over_schedules = _over(over_counts, num_schedules, (None, 0, 0, None, None))
+        over_sources = _over(over_schedules, num_spectra, (0, None, None, None, None))
         # -> (S, P, C); reorder to (S, C, P)
         res = over_sources(inputs.sources, inputs.schedules, inputs.grids, inputs.num_steps, sampler)
         return {m: jnp.swapaxes(v, 1, 2) for m, v in res.items()}
 
     per = [per_sampler(s) for s in inputs.samplers]
     return {m: jnp.stack([r[m] for r in per], axis=1) for m in metrics}
+
+
+@eqx.filter_jit
+def evaluate_groups(groups: tuple[SweepInputs, ...], *, init: Init, target: str, metrics: tuple[str, ...]):
+    """`_evaluate` of each group of schedules, in one compiled program (one compilation per mix of groups
+    rather than one per group: XLA's fixed cost per program, ~0.4 s of CPU, dominated small mixed sweeps)."""
+    return [_evaluate(g, init=init, target=target, metrics=metrics) for g in groups]
 
 
 def _check_metrics(metrics, target, source: GaussianSource) -> tuple[str, ...]:
@@ -278,7 +339,7 @@ def sweep(
     num_steps: int | Sequence[int],
     schedules: AbstractSchedule | Sequence[AbstractSchedule],
     *,
-    grid: GridSpec = "uniform",
+    grid: GridSpecs = "uniform",
     t_max: float = 1.0,
     t_min: float = 1e-3,
     init: Init = "standard",
@@ -290,14 +351,15 @@ def sweep(
 
     **Arguments:**
 
-    - `sources`: one `GaussianSource` (a batch `(*batch, d)` counts as `prod(batch)` spectra) or a list
-      of them, possibly of different dimensions (compressed spectra included).
+    - `sources`: one `GaussianSource` `(d,)` or `(S, d)` (`S` spectra), or a list of sources `(d_i,)`,
+      possibly of different dimensions (compressed spectra included). Row `i` of the results is spectrum `i`.
     - `samplers`: one sampler or a list, e.g. `[gdj.EulerMaruyama(), gdj.DDPM(), gdj.Heun()]`.
     - `num_steps`: one step count or a list, e.g. `[10, 20, 50, 100]`.
-    - `schedules`: one schedule or a list of schedules of one type (e.g. `LinearBeta` with several `beta_max`).
-    - `grid`: a name from `gaussdiff_jax.grids.available()` built with `t_max`, `t_min` (default
-      `"uniform"`), or a callable `(schedule, num_steps) -> ts`. Grids are built on the host once per
-      (schedule, step count).
+    - `schedules`: one schedule or a list, of one type (e.g. `LinearBeta` with several `beta_max`) or mixed
+      (grouped by structure, one compiled call per group).
+    - `grid`: a name from `gaussdiff_jax.grids.available()` built with `t_max`, `t_min` where the grid takes
+      them (`grids.range_options`; default `"uniform"`), or a callable `(schedule, num_steps) -> ts`, or a
+      list of those with one entry per schedule. Grids are built on the host once per (schedule, step count).
     - `init`, `target`: as in `sample_law` and `kl`.
     - `metrics`: any of `"kl"` (KL(target ‖ sample)), `"kl_reverse"` (KL(sample ‖ target)), `"w2"`.
     - `sharding`: `None` (default devices), `"spectra"` or `"modes"` (split that axis over all devices of
@@ -308,24 +370,37 @@ def sweep(
     A sweep evaluates (grids are built on the host); to differentiate, vmap `sample_law` directly
     (with `checkpoint=` for long grids).
 
-    Calling again with the same shapes (same number of spectra, modes, samplers, counts, schedules and
-    the same largest count) reuses the compiled function.
+    Calling again with the same shapes (same number of spectra, modes, samplers, counts, schedules per
+    group and the same largest count) reuses the compiled functions.
     """
-    inputs = prepare(sources, samplers, num_steps, schedules, grid=grid, t_max=t_max, t_min=t_min)
-    metrics = _check_metrics(metrics, target, inputs.sources)
-    counts = tuple(int(n) for n in np.asarray(inputs.num_steps))
-    names = tuple(type(s).__name__ for s in inputs.samplers)
-    if sharding is None:
-        results = evaluate(inputs, init=init, target=target, metrics=metrics)
-    else:
-        from ._sharding import sharded_evaluate
-
-        results = sharded_evaluate(inputs, sharding, init=init, target=target, metrics=metrics)
+    source = stack_sources(sources)
+    metrics = _check_metrics(metrics, target, source)
+    dtype = source.eigenvalues.dtype
+    sampler_tuple = tuple(cast(s, dtype) for s in _as_tuple(samplers, AbstractSampler))
+    schedule_list = [cast(s, dtype) for s in _as_tuple(schedules, AbstractSchedule)]
+    builders = _grid_builders(grid, len(schedule_list), t_max, t_min)
+    counts = _step_counts(num_steps)
+    groups = group_schedules(schedule_list)
+    inputs = tuple(
+        _prepare(source, sampler_tuple, counts, [schedule_list[i] for i in members], [builders[i] for i in members])
+        for members in groups
+    )
+    parts = _evaluate_placed(inputs, sharding, init=init, target=target, metrics=metrics)
+    order = np.argsort(np.concatenate([np.asarray(m) for m in groups]))
+    results = {m: jnp.take(jnp.concatenate([p[m] for p in parts], axis=-1), order, axis=-1) for m in metrics}
     return Sweep(
         kl=results.get("kl"),
         kl_reverse=results.get("kl_reverse"),
         w2=results.get("w2"),
         num_steps=counts,
-        samplers=names,
+        samplers=tuple(type(s).__name__ for s in sampler_tuple),
         target=target,
     )
+
+
+def _evaluate_placed(inputs: tuple[SweepInputs, ...], sharding, *, init, target, metrics) -> list[dict]:
+    if sharding is None:
+        return evaluate_groups(inputs, init=init, target=target, metrics=metrics)
+    placed = [place(group, sharding) for group in inputs]
+    results = evaluate_groups(tuple(p for p, _ in placed), init=init, target=target, metrics=metrics)
+    return [{m: gather(v)[:n] for m, v in r.items()} for r, (_, n) in zip(results, placed)]

@@ -9,3 +9,4 @@ from ._standard import (
     Tangent as Tangent,
 )
 from ._flow import RectifiedFlow as RectifiedFlow
+from ._wrappers import SigmaFloor as SigmaFloor, SubInterval as SubInterval

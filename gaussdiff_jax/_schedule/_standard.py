@@ -1,15 +1,56 @@
-"""Closed-form noise schedules: linear beta, cosine, EDM (Karras), linear log-SNR, tangent."""
+r"""Closed-form noise schedules: linear beta, cosine, EDM (Karras), linear log-SNR, tangent.
+
+Every schedule is defined, with NaN-free derivatives in $t$ and in its parameters, on the closed interval
+$t \in [0, 1]$: where a quantity is infinite at an end point ($\log$-SNR at $\bar\alpha \in \{0, 1\}$, $\sigma$
+and $\beta$ at $\bar\alpha = 0$) it is `inf` with derivative 0 there (it is infinite for every parameter value),
+through `_log` and `_over` below.
+"""
 
 from __future__ import annotations
 
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._core._errors import check
+from .._core._numerics import safe_sqrt
 from ._base import AbstractSchedule, Time
+
+
+@jax.custom_jvp
+def _log(x):
+    """`log(x)` for `x >= 0`: `-inf` at 0 with derivative 0 there (not `inf * 0 = NaN`)."""
+    return jnp.log(x)
+
+
+@_log.defjvp
+def _log_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    positive = x > 0
+    return jnp.log(x), jnp.where(positive, dx / jnp.where(positive, x, 1.0), 0.0)
+
+
+def _held_if_infinite(x):
+    """`x`, with derivative 0 where it is infinite (there it is infinite for every parameter value; finite terms
+    added to an infinite one would otherwise leave a meaningless derivative)."""
+    return jnp.where(jnp.isfinite(x), x, jax.lax.stop_gradient(x))
+
+
+@jax.custom_jvp
+def _over(a, b):
+    """`a / b` for `a > 0`, `b >= 0`: `inf` at `b = 0` with derivative 0 there."""
+    return a / b
+
+
+@_over.defjvp
+def _over_jvp(primals, tangents):
+    (a, b), (da, db) = primals, tangents
+    positive = b > 0
+    safe_b = jnp.where(positive, b, 1.0)
+    return a / b, jnp.where(positive, (da - a * db / safe_b) / safe_b, 0.0)
 
 
 def _positive(x: ArrayLike, what: str) -> Array:
@@ -26,7 +67,7 @@ class AbstractLogAlphaBarSchedule(AbstractSchedule):
 
     def log_snr(self, t: Time) -> Float[Array, "*shape"]:
         log_ab = self.log_alpha_bar(t)
-        return log_ab - jnp.log(-jnp.expm1(log_ab))
+        return _held_if_infinite(log_ab - _log(-jnp.expm1(log_ab)))
 
     def alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
         return jnp.exp(self.log_alpha_bar(t))
@@ -35,7 +76,7 @@ class AbstractLogAlphaBarSchedule(AbstractSchedule):
         return -jnp.expm1(self.log_alpha_bar(t))
 
     def sigma(self, t: Time) -> Float[Array, "*shape"]:
-        return jnp.sqrt(jnp.expm1(-self.log_alpha_bar(t)))
+        return safe_sqrt(jnp.expm1(-self.log_alpha_bar(t)))
 
     def alpha_bar_increment(self, t: Time, t_next: Time) -> Float[Array, "*shape"]:
         # abar' - abar = abar' * (1 - exp(-L)), L = log abar' - log abar >= 0.
@@ -106,10 +147,18 @@ class Cosine(AbstractSchedule):
         return jnp.sin(a_minus_a0) * jnp.sin(a + a0) / jnp.cos(a0) ** 2
 
     def log_snr(self, t: Time) -> Float[Array, "*shape"]:
-        return jnp.log(self.alpha_bar(t)) - jnp.log(self.one_minus_alpha_bar(t))
+        return _held_if_infinite(_log(self.alpha_bar(t)) - _log(self.one_minus_alpha_bar(t)))
 
     def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
-        return jnp.log(self.alpha_bar(t))
+        return _log(self.alpha_bar(t))
+
+    def sigma(self, t: Time) -> Float[Array, "*shape"]:
+        return safe_sqrt(_over(self.one_minus_alpha_bar(t), self.alpha_bar(t)))
+
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        # -d/dt log abar = -2 d/dt log sin(psi) = (pi / (1 + s)) cot(psi): inf at t = 1 (psi = 0).
+        _, _, psi = self._angles(t)
+        return _over(math.pi / (1 + self.s) * jnp.cos(psi), jnp.sin(psi))
 
 
 class EDM(AbstractSchedule):
@@ -136,10 +185,42 @@ class EDM(AbstractSchedule):
         )
         self.rho = _positive(rho, "EDM: rho")
 
-    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+    def _root(self, t: Time):
+        r"""$u = \sigma^{1/\rho}$ at `t` (linear in t), and its end values.
+
+        $d\sigma_{\min}^{1/\rho}/d\sigma_{\min}$ is infinite at $\sigma_{\min} = 0$ (the edge of the parameter's
+        domain); it is taken as 0 there, so gradients w.r.t. the other parameters stay finite."""
         t = jnp.asarray(t)
-        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        return -2 * self.rho * jnp.log(lo + t * (hi - lo))
+        positive = self.sigma_min > 0
+        lo = jnp.where(positive, jnp.where(positive, self.sigma_min, 1.0) ** (1 / self.rho), 0.0)
+        hi = self.sigma_max ** (1 / self.rho)
+        return lo + t * (hi - lo), lo, hi
+
+    def log_snr(self, t: Time) -> Float[Array, "*shape"]:
+        # -2 rho log u; at u = 0 (t = 0 with sigma_min = 0) +inf, kept away from rho (d/d rho would be inf * 0).
+        u = self._root(t)[0]
+        positive = u > 0
+        return jnp.where(positive, -2 * self.rho * jnp.log(jnp.where(positive, u, 1.0)), jnp.inf)
+
+    def sigma(self, t: Time) -> Float[Array, "*shape"]:
+        # sigma(0) = sigma_min exactly (also its derivative, 1, when sigma_min = 0).
+        return jnp.where(jnp.asarray(t) == 0, self.sigma_min, self._root(t)[0] ** self.rho)
+
+    def alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return 1 / (1 + self.sigma(t) ** 2)
+
+    def one_minus_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        s2 = self.sigma(t) ** 2
+        return s2 / (1 + s2)
+
+    def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
+        return -jnp.log1p(self.sigma(t) ** 2)
+
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        # d/dt log(1 + sigma^2) with sigma = u^rho, du/dt = hi - lo: 2 rho (hi - lo) u^(2 rho - 1) / (1 + u^(2 rho)).
+        # At u = 0 (t = 0, sigma_min = 0): 0 for rho > 1/2, inf for rho < 1/2.
+        u, lo, hi = self._root(t)
+        return 2 * self.rho * (hi - lo) * u ** (2 * self.rho - 1) / (1 + u ** (2 * self.rho))
 
 
 class LogSNRLinear(AbstractSchedule):
@@ -213,7 +294,20 @@ class Tangent(AbstractSchedule):
 
     def log_snr(self, t: Time) -> Float[Array, "*shape"]:
         sin_phi, sin_psi = self._angles(t)
-        return 2 * (jnp.log(sin_psi) - jnp.log(self.gamma * sin_phi))
+        return _held_if_infinite(2 * (_log(sin_psi) - _log(self.gamma * sin_phi)))
 
     def log_alpha_bar(self, t: Time) -> Float[Array, "*shape"]:
-        return jnp.log(self.alpha_bar(t))
+        return _log(self.alpha_bar(t))
+
+    def sigma(self, t: Time) -> Float[Array, "*shape"]:
+        sin_phi, sin_psi = self._angles(t)
+        return _over(self.gamma * sin_phi, sin_psi)
+
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        # d/dt log(1 + gamma^2 tan^2 phi) = 2 gamma^2 phi' sin(phi) / (cos(phi) (cos^2 phi + gamma^2 sin^2 phi)),
+        # cos(phi) = sin(psi): inf at t = 1 when sigma_max = inf.
+        sin_phi, sin_psi = self._angles(t)
+        phi0 = jnp.arctan2(self.sigma_min, self.gamma)
+        phi1 = 0.5 * math.pi if math.isinf(self.sigma_max) else jnp.arctan2(self.sigma_max, self.gamma)
+        rate = 2 * self.gamma**2 * (phi1 - phi0) * sin_phi
+        return _over(rate, sin_psi * (sin_psi**2 + (self.gamma * sin_phi) ** 2))
