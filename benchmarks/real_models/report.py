@@ -93,7 +93,10 @@ def headline_table(runs, metric: str) -> str:
     return "\n".join(lines)
 
 
-SUMMARY = ("kl", "w2", "w2_free", "path_gauss", "model_w2b", "model_path")
+SUMMARY = ("kl", "w2", "w2_free", "path_gauss", "model_w2b", "model_path", "select", "select_net")
+TOOLKIT = ("kl", "w2", "w2_free", "path_gauss", "model_w2", "model_w2b", "model_path", "select", "select_net")
+"""The toolkit's recommendations (closed-form, model-aware prototypes, `gdj.select_timesteps`)."""
+FAMILIES = {"eps": "ε", "x0": "x0", "v": "v", "flow": "flow", "exact": "Gaussian control"}
 
 
 def summary_table(runs, metric: str) -> str:
@@ -109,6 +112,53 @@ def summary_table(runs, metric: str) -> str:
             cells = [f"{meas[h][0] / bval:.2f} ({rk[h]})" if h in meas else "–" for h in shown]
             top = min(meas, key=lambda g: meas[g][0])
             lines.append(f"| {r['network']} | {n} | {best} {_fmt(bval)} | " + " | ".join(cells) + f" | {top} |")
+    return "\n".join(lines)
+
+
+def spearman_means(runs) -> str:
+    """Spearman ρ of every prediction against every measured metric: mean over NFE, then over networks."""
+    objectives = list(runs[0]["nfe"][nfes_of(runs)[0]]["spearman"])
+    cols = [(m, trained) for m in METRIC_NAMES for trained in (False, True)]
+    head = "| prediction | " + " | ".join(f"{METRIC_NAMES[m]} ({'trained' if t else 'all'})" for m, t in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for o in objectives:
+        cells = []
+        for m, trained in cols:
+            per_net = [
+                np.nanmean([r["nfe"][n]["spearman"][o][m] for n in r["nfe"]])
+                for r in runs
+                if not (trained and r["head"] == "exact")
+            ]
+            cells.append(_fmt(float(np.nanmean(per_net)), 2))
+        lines.append(f"| {o} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def within_table(runs, metric: str, tol: float = 1.05, min_nfe: int = 6) -> str:
+    """Per network family: in how many (network, NFE >= `min_nfe`) cells each toolkit grid is within `tol` of the best
+    fixed baseline by `metric`, and its worst ratio there."""
+    shown = [h for h in TOOLKIT if any(h in r["nfe"][n]["grids"] for r in runs for n in r["nfe"])]
+    lines = ["| family (networks) | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
+    for head, label in FAMILIES.items():
+        picked = [r for r in runs if r["head"] == head]
+        if not picked:
+            continue
+        cells = []
+        for h in shown:
+            ok = total = 0
+            worst = 0.0
+            for r in picked:
+                for n, e in r["nfe"].items():
+                    if int(n) < min_nfe or h not in e["measured"][metric]:
+                        continue
+                    best = e["vs_best_baseline"][metric]["best_baseline"]
+                    ratio = e["measured"][metric][h][0] / e["measured"][metric][best][0]
+                    total += 1
+                    ok += ratio <= tol
+                    worst = max(worst, ratio)
+            cells.append(f"{ok}/{total} (max {worst:.2f})" if total else "–")
+        names = ", ".join(r["network"] for r in picked)
+        lines.append(f"| {label} ({names}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -209,9 +259,21 @@ def render(results: Path) -> str:
         out += [f"## Spearman ρ (predicted vs measured {title}), mean over NFE", "", spearman_table(runs, metric), ""]
     for metric in ("fd_feat", "fd_pix", "path"):
         out += [
-            f"## Summary by {METRIC_NAMES[metric]}: recommended grids as ratio to the best fixed baseline (rank of 16)",
+            f"## Summary by {METRIC_NAMES[metric]}: recommended grids as ratio to the best fixed baseline "
+            "(rank among all grids)",
             "",
             summary_table(runs, metric),
+            "",
+        ]
+    out += ["## Spearman ρ, mean over NFE and networks (all, or trained networks only)", "", spearman_means(runs), ""]
+    for metric in ("fd_feat", "fd_pix", "path"):
+        out += [
+            f"## Within 5 % of the best fixed baseline by {METRIC_NAMES[metric]} at NFE ≥ 6, per network family",
+            "",
+            "Cells: (network, NFE) pairs where the grid is at most 1.05 × the best fixed baseline / all pairs, and the "
+            "largest ratio.",
+            "",
+            within_table(runs, metric),
             "",
         ]
     out += [
@@ -240,8 +302,12 @@ def render(results: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def main():
-    results = Path(__file__).parent / "results"
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results"), help="results folder")
+    results = Path(parser.parse_args(argv).results)
     (results / "tables.md").write_text(render(results))
     print(f"wrote {results / 'tables.md'}")
 
