@@ -205,3 +205,45 @@ def test_path_prediction_matches_monte_carlo():
     ref = predict.propagate(fit.eigenvalues, m, lat.abar[ref_grid])
     predicted = predict.path_prediction(prop, ref, 6) ** 2
     assert abs(per_sample.mean() - predicted) < 4.5 * per_sample.std() / np.sqrt(per_sample.size)
+
+
+def _toy_context(kind="discrete", raw_network=None):
+    fit = _toy_fit()
+    lat = sampling.lattice(kind)
+    mctx = predict.make_model_context(fit.eigenvalues, fit.eigenvectors.T @ fit.mean, lat.abar)
+    return grids.Context("toy", "toy", "exact", lat, fit, mctx, sampling.gaussian_denoiser(fit), raw_network, None)
+
+
+@pytest.mark.skipif(not hasattr(gdj, "select_timesteps"), reason="the toolkit has no select_timesteps")
+def test_select_candidate_beats_every_fixed_spacing_in_exact_w2():
+    """`select` (gdj.select_timesteps without a network) minimizes the exact-denoiser W2: under the harness's own numpy
+    recursion (`predict.model_values`, independent of the toolkit's engine) it is no worse than any fixed spacing."""
+    ctx = _toy_context()
+    nfe = 6
+    chosen = grids.CANDIDATES["select"](ctx, nfe)
+    assert chosen.shape == (nfe,)
+    sampling.check_steps(chosen)
+    fixed = np.stack([grids.CANDIDATES[name](ctx, nfe) for name in grids.BASELINES])
+    w2_fixed = predict.model_values(ctx.model, fixed, with_error=False)["w2"]
+    w2_chosen = predict.model_values(ctx.model, chosen[None], with_error=False)["w2"][0]
+    assert w2_chosen < w2_fixed.min()
+    # An integer local minimum (first step kept at 999, as select_timesteps' closed form does): no +-1 move helps.
+    moves = []
+    for k in range(1, nfe):
+        for m in (-1, 1):
+            g = chosen.copy()
+            g[k] += m
+            if np.all(np.diff(g) < 0) and g[-1] >= 0:
+                moves.append(g)
+    w2_moves = predict.model_values(ctx.model, np.stack(moves), with_error=False)["w2"]
+    assert np.all(w2_moves >= w2_chosen * (1 - 1e-9))
+
+
+@pytest.mark.skipif(not hasattr(gdj, "select_timesteps"), reason="the toolkit has no select_timesteps")
+def test_select_candidates_skipped_where_they_do_not_apply():
+    """No network (Gaussian control) or a non-Discrete lattice (flow): skipped with the reason, not a wrong grid."""
+    built, skipped = grids.build_all(_toy_context(), 4, ["select_net"])
+    assert not built and "no network" in skipped["select_net"]
+    flow = _toy_context("flow", raw_network=lambda x, steps: x)
+    built, skipped = grids.build_all(flow, 4, ["select", "select_net"])
+    assert not built and all("Discrete" in why for why in skipped.values())

@@ -14,7 +14,9 @@ sampler adds the final jump to the clean sample (`sampling`). Adding a candidate
   the first point included), started from the best fixed or toolkit-optimized grid under that objective;
 - `model_w2`, `model_w2b`, `model_path`: the model-aware prototypes, the same search on the `W2+net`,
   `W2 bound+net` and `path+net` predictions, which use the network's error profile measured on *training* patches;
-- `select`, `select_net`: `gdj.select_timesteps(...)` without / with the network, only if the toolkit has it.
+- `select`, `select_net`: `gdj.select_timesteps(...)` without / with the network (the network's raw output, its
+  head as `parameterization`, the *training* patches as `data`: the held-out ones are the FD reference). Skipped for
+  the flow model: `select_timesteps` takes a `gdj.Discrete` table and ε / x0 / v heads.
 
 For the flow model the lattice is $t = (i+1)/1000$ of `gdj.RectifiedFlow(1)`; noise-level grids and the optimized
 ones start at step 998 ($\sigma$ must be finite), and `gdj.grids` needs `t_floor = 1/T` (the lowest evaluation).
@@ -158,7 +160,8 @@ def model_aware(metric: str = "w2", *, with_error: bool = True) -> Callable[[Con
 
 
 def select(with_network: bool) -> Callable[[Context, int], np.ndarray]:
-    """`gdj.select_timesteps` (being built by the lead) as a candidate."""
+    """`gdj.select_timesteps` as a candidate: closed form (`source=` the training patches' Gaussian), or model-aware
+    (`denoiser=`, `data=` the training patches, `parameterization=` the head); its `.timesteps` are the grid."""
 
     def build(ctx: Context, nfe: int) -> np.ndarray:
         kwargs: dict[str, Any] = {"source": predict.source_of(ctx.fit), "key": jax.random.key(0)}
