@@ -228,7 +228,9 @@ def test_gradients_match_finite_differences():
     assert abs(float(g_beta) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))
 
 
-def test_padded_steps_and_checkpointing_are_exact():
+def test_padded_steps_and_checkpointing_agree_to_rounding():
+    """Padding and checkpointing change the compiled program, not the arithmetic: XLA may fuse or reassociate the
+    same operations differently (one ulp seen on CI's CPU), nothing more."""
     lam = jnp.asarray([0.01, 0.7, 9.0])
     source = gdj.GaussianSource(lam)
     ts = jnp.asarray(_grid(12)[0])
@@ -236,8 +238,8 @@ def test_padded_steps_and_checkpointing_are_exact():
     plain = gdj.sample_law(source, DISCRETE, sampler, ts[:9])
     padded = gdj.sample_law(source, DISCRETE, sampler, ts, num_steps=8)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(padded)):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=0)
     full = gdj.sample_law(source, DISCRETE, sampler, ts)
     checked = gdj.sample_law(source, DISCRETE, sampler, ts, checkpoint=5)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(checked)):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=0)

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._core._divergence import expm1_minus_x
+from .._core._errors import check
 from .._core._law import GaussianLaw, Init, validate_grid
 from .._core._law import sample_law
 from .._sampler import AbstractSampler, JainZhang, marginal
@@ -148,7 +149,7 @@ def _chain_rule(source, schedule, sampler, ts, init, reduce):
         else:
             step = sampler.step(schedule, t, t_next, lam)
         q = jnp.broadcast_to(step.noise_variance, lam.shape)
-        q = eqx.error_if(
+        q = check(
             q,
             ~(q > 0),
             f"chain_rule_kl_bound: {type(sampler).__name__} has a step with no noise (Q = 0); the path KL "

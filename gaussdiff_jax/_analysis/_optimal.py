@@ -144,6 +144,26 @@ class EulerLagrangeSchedule(AbstractSchedule):
         t = jnp.asarray(t)
         return t / (1 - t) * jnp.exp(self._f(t))
 
+    def beta(self, t: Time) -> Float[Array, "*shape"]:
+        r"""$\beta = 2\sigma\dot\sigma/(1 + \sigma^2)$, in closed form at both ends: 0 at $t = 0$ (where autodiff of
+        $\log\bar\alpha$ gives $0\cdot\infty$), $+\infty$ at $t = 1$."""
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            t = t.astype(self.coefficients.dtype)
+        low = t < 0.5
+        tl, th = jnp.where(low, t, 0.25), jnp.where(low, 0.75, t)
+        # Near 0: sigma = t/(1-t) e^f, dsigma/dt = e^f (1/(1-t)^2 + t/(1-t) f').
+        f, df = jax.jvp(self._f, (tl,), (jnp.ones_like(tl),))
+        s = tl / (1 - tl) * jnp.exp(f)
+        ds = jnp.exp(f) * (1 / (1 - tl) ** 2 + tl / (1 - tl) * df)
+        beta_low = 2 * s * ds / (1 + s**2)
+        # Near 1: beta = 2 (d ln sigma / dt) (1 - abar), d ln sigma / dt = 1/t + 1/(1-t) + f'.
+        _, dfh = jax.jvp(self._f, (th,), (jnp.ones_like(th),))
+        one_minus = jax.nn.sigmoid(-self.log_snr(th))
+        safe = jnp.where(th < 1, 1 - th, 1.0)
+        beta_high = jnp.where(th < 1, 2 * (1 / th + 1 / safe + dfh) * one_minus, jnp.inf)
+        return jnp.where(low, beta_low, beta_high)
+
 
 def _metric_sqrt(s: np.ndarray, lam: np.ndarray, wI: np.ndarray) -> np.ndarray:
     """sqrt(G(s)), G(s) = sum_i wI_i lam_i / (lam_i + s^2)^2, for a 1-D array s (chunked over s)."""

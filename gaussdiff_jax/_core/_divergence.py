@@ -152,4 +152,5 @@ def w2(
     """
     sq = w2_squared(source, law, target=target, reduce=reduce)
     positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    # sqrt with a finite gradient at 0; a NaN stays NaN (never reported as a distance of 0).
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), jnp.where(jnp.isnan(sq), jnp.nan, 0.0))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._core._errors import check
 from .._core._model_error import ErrorProfile
 from .._core._source import GaussianSource
 from .._schedule import Discrete
@@ -79,7 +80,7 @@ def _to_x0(out, x, alpha, sigma, parameterization):
 def _level_moments(denoiser, x0, z, step, alpha, sigma, mean, lam, vec, parameterization, reference):
     x = alpha * x0 + sigma * z
     out = denoiser(x, jnp.full((x.shape[0],), step, dtype=jnp.int32))
-    out = eqx.error_if(out, ~jnp.all(jnp.isfinite(out)), "the denoiser returned NaN or infinite values.")
+    out = check(out, ~jnp.isfinite(out), "the denoiser returned NaN or infinite values.")
     x0_hat = _to_x0(out, x, alpha, sigma, parameterization)
     coords_hat = (x0_hat - mean) @ vec
     if reference == "gaussian":

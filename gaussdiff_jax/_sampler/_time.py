@@ -83,7 +83,7 @@ class ExponentialIntegrator(AbstractSampler):
         )
 
 
-@register("ddpm", "DDPM ancestral sampling (Ho et al.; --beta linearized is Pierret-Galerne's form)")
+@register("ddpm", "DDPM ancestral sampling (Ho et al., discrete betas; ddpm-pg is Pierret-Galerne's linearized form)")
 class DDPM(AbstractSampler):
     r"""DDPM ancestral sampling, $y' = (y + \beta_k\,\mathrm{score})/\sqrt{1-\beta_k} + \sqrt{Q}\,\xi$.
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._core._errors import checks_as_nan
+
 PROG = "gaussdiff"
 EXIT_USAGE = 2
 
@@ -58,28 +60,19 @@ def cache_dir() -> Path | None:
 
 @contextlib.contextmanager
 def runtime_checks(enabled: bool):
-    """Equinox's checks inside compiled code (`eqx.error_if`) on or off for what is traced meanwhile.
+    """The package's checks inside compiled code on (run-time errors) or as NaN, for what is traced meanwhile.
 
-    A program holding such a check holds a host callback, and JAX's persistent compilation cache does
-    not store those: with the checks on, every run of the command recompiles its sweeps and its
-    optimizer step. The command therefore traces with the checks off when the cache is on, checks the
-    results itself (a non-finite value is a failure) and re-runs a failed case with the checks on to get
-    the engine's message. Checks on concrete values (outside jit) raise either way.
-
-    Equinox reads its mode (`EQX_ON_ERROR`) once at import; this switches the module's copy, the only
-    hook it offers at run time. Without it (another equinox) the checks simply stay on.
+    A program holding a run-time check holds a host callback, and JAX's persistent compilation cache does
+    not store those: with the checks on, every run of the command recompiles its sweeps and its optimizer
+    step. The command therefore traces under `gdj`'s `checks_as_nan` when the cache is on (a failed check
+    makes the value NaN), checks the results itself (a non-finite value is a failure) and re-runs a failed
+    case with the checks on to get the engine's message. Checks on concrete values (outside jit) raise either way.
     """
-    import equinox._errors as errors
-
-    if not hasattr(errors, "EQX_ON_ERROR"):
+    if enabled:
         yield
         return
-    saved = errors.EQX_ON_ERROR
-    errors.EQX_ON_ERROR = "raise" if enabled else "off"
-    try:
+    with checks_as_nan():
         yield
-    finally:
-        errors.EQX_ON_ERROR = saved
 
 
 # ----------------------------------------------------------------------------------------------
