@@ -227,13 +227,14 @@ def test_select_candidate_beats_every_fixed_spacing_in_exact_w2():
     w2_fixed = predict.model_values(ctx.model, fixed, with_error=False)["w2"]
     w2_chosen = predict.model_values(ctx.model, chosen[None], with_error=False)["w2"][0]
     assert w2_chosen < w2_fixed.min()
-    # An integer local minimum (first step kept at 999, as select_timesteps' closed form does): no +-1 move helps.
+    # An integer local minimum (the first step is free too, as in select_timesteps' closed form): no +-1 move of
+    # any step, the first included, helps.
     moves = []
-    for k in range(1, nfe):
+    for k in range(nfe):
         for m in (-1, 1):
             g = chosen.copy()
             g[k] += m
-            if np.all(np.diff(g) < 0) and g[-1] >= 0:
+            if np.all(np.diff(g) < 0) and g[-1] >= 0 and g[0] <= 999:
                 moves.append(g)
     w2_moves = predict.model_values(ctx.model, np.stack(moves), with_error=False)["w2"]
     assert np.all(w2_moves >= w2_chosen * (1 - 1e-9))
