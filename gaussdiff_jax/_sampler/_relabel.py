@@ -14,6 +14,7 @@ step lands where it should). `DDIMStep` is DDIM($\eta$) written as a combination
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -59,7 +60,40 @@ class DDIMStep(AbstractMultistepSampler):
         return ((None, cmb),), state
 
 
-class Relabeled(AbstractMultistepSampler):
+class _Wrapper(AbstractMultistepSampler):
+    """A multistep sampler that changes how `inner` is stepped: its facts, slots and initial state are `inner`'s."""
+
+    inner: eqx.AbstractVar[AbstractMultistepSampler]
+
+    @property
+    def num_slots(self) -> int:  # type: ignore[override]
+        return self.inner.num_slots
+
+    @property
+    def grid_slots(self) -> tuple[bool, ...]:
+        return self.inner.grid_slots
+
+    @property
+    def evaluations_per_step(self) -> int:  # type: ignore[override]
+        return self.inner.evaluations_per_step
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return self.inner.order
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.inner.stochastic
+
+    @property
+    def is_deterministic(self) -> bool:
+        return self.inner.is_deterministic
+
+    def init(self, schedule, t0):
+        return self.inner.init(schedule, t0)
+
+
+class Relabeled(_Wrapper):
     r"""Run `inner` from each grid level to `landing[k]`, then use the result as the point at the next grid level.
 
     **Arguments:**
@@ -85,33 +119,6 @@ class Relabeled(AbstractMultistepSampler):
             raise ValueError(f"Relabeled: landing must be a 1-D array of landing times; got shape {landing.shape}.")
         self.inner, self.landing = inner, landing
 
-    @property
-    def num_slots(self) -> int:  # type: ignore[override]
-        return self.inner.num_slots
-
-    @property
-    def grid_slots(self) -> tuple[bool, ...]:
-        return self.inner.grid_slots
-
-    @property
-    def evaluations_per_step(self) -> int:  # type: ignore[override]
-        return self.inner.evaluations_per_step
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.inner.order
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.inner.stochastic
-
-    @property
-    def is_deterministic(self) -> bool:
-        return self.inner.is_deterministic
-
-    def init(self, schedule, t0):
-        return self.inner.init(schedule, t0)
-
     def step(self, schedule, slots, next_level, state, info):
         land = Level.at(schedule, self.landing[jnp.minimum(info.index, self.landing.shape[0] - 1)])
         writes, state = self.inner.step(schedule, slots, land, state, info)
@@ -128,7 +135,7 @@ class Relabeled(AbstractMultistepSampler):
         return (*writes, (0, relabel)), state
 
 
-class Truncated(AbstractMultistepSampler):
+class Truncated(_Wrapper):
     r"""The first $N$ steps of a run of $N + $ `dropped` steps of `inner`: `inner` is told the longer step count.
 
     For multistep samplers whose rules depend on the step count (DPM-Solver's lower-order final steps), when the
@@ -144,33 +151,6 @@ class Truncated(AbstractMultistepSampler):
             raise ValueError(f"Truncated needs a multistep sampler; got {type(self.inner).__name__}.")  # noqa: TRY004
         if int(self.dropped) != self.dropped or self.dropped < 0:
             raise ValueError(f"Truncated: dropped must be a non-negative integer; got {self.dropped!r}.")
-
-    @property
-    def num_slots(self) -> int:  # type: ignore[override]
-        return self.inner.num_slots
-
-    @property
-    def grid_slots(self) -> tuple[bool, ...]:
-        return self.inner.grid_slots
-
-    @property
-    def evaluations_per_step(self) -> int:  # type: ignore[override]
-        return self.inner.evaluations_per_step
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.inner.order
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.inner.stochastic
-
-    @property
-    def is_deterministic(self) -> bool:
-        return self.inner.is_deterministic
-
-    def init(self, schedule, t0):
-        return self.inner.init(schedule, t0)
 
     def step(self, schedule, slots, next_level, state, info):
         longer = info._replace(num_steps=info.num_steps + self.dropped)
