@@ -26,3 +26,10 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+def pytest_collection_modifyitems(items):
+    """Executed notebooks (nbmake) belong to the full suite, not to the fast `-m "not slow"` subset."""
+    for item in items:
+        if str(item.path).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

@@ -19,6 +19,8 @@ import pytest
 import gaussdiff_jax as gdj
 from gaussdiff_jax import cli
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # In-process runs must not switch on JAX's persistent cache for the rest of the test session.
 os.environ["GAUSSDIFF_NO_COMPILE_CACHE"] = "1"

@@ -13,6 +13,8 @@ import pytest
 import gaussdiff_jax as gdj
 from gaussdiff_jax import cli
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 os.environ["GAUSSDIFF_NO_COMPILE_CACHE"] = "1"  # in-process runs: no persistent cache for the test session
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -18,6 +18,8 @@ import gaussdiff_jax as gdj
 from gaussdiff_jax import cli
 from gaussdiff_jax.cli import _diagnose, _problem, _shared
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 os.environ["GAUSSDIFF_NO_COMPILE_CACHE"] = "1"  # in-process runs: no persistent cache for the test session
 
 

@@ -24,6 +24,8 @@ from _diffusers_configs import CLASSES, CONFIGS, STEPS, TABLES, Config
 
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 LAM = np.array([1e-4, 3e-3, 0.05, 0.4, 1.0, 3.0, 12.0, 50.0])
 MEAN = np.array([0.7, -1.3, 0.2, 2.0, -0.5, 1.1, -3.0, 0.4])
 SOURCE = gdj.GaussianSource(LAM, mean=MEAN)

@@ -18,6 +18,8 @@ import pytest
 
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # long float32 / optimization runs: the full suite only (`-m "not slow"` skips them)
+
 NS = (1, 10, 100, 1000, 10000)
 T_MIN = 1e-3
 SAMPLERS = {"DDIM": gdj.DDIM(), "Heun": gdj.Heun(), "EM": gdj.EulerMaruyama()}

@@ -18,6 +18,8 @@ import pytest
 import _mc
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 N_SAMPLES = 100_000
 Z_MAX = 5.0
 LAM = np.array([0.05, 0.7, 2.5])

@@ -23,6 +23,8 @@ import _mc_multistep
 import gaussdiff_jax as gdj
 from test_float32 import _grid32, _source32
 
+pytestmark = pytest.mark.slow  # long float32 / optimization runs: the full suite only (`-m "not slow"` skips them)
+
 LAM = np.array([0.05, 0.7, 2.5])
 Z_MAX = 5.0
 DISCRETE = gdj.Discrete.from_diffusers("linear")

@@ -20,6 +20,8 @@ import pytest
 
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # long float32 / optimization runs: the full suite only (`-m "not slow"` skips them)
+
 SPECTRUM = np.array([0.1, 0.5, 1.0, 4.0])
 
 

@@ -12,6 +12,8 @@ import pytest
 import gaussdiff_jax as gdj
 from gaussdiff_jax._optimization._grid_scores import grid_errors
 
+pytestmark = pytest.mark.slow  # long float32 / optimization runs: the full suite only (`-m "not slow"` skips them)
+
 LINEAR = gdj.Discrete.from_diffusers("linear")
 SD = gdj.Discrete.from_diffusers("scaled_linear")
 FLOOR = (2 / 255) ** 2 / 12  # uniform dequantization noise of 8-bit pixels in [-1, 1]

@@ -24,6 +24,8 @@ import gaussdiff_jax as gdj
 from gaussdiff_jax._core._multistep import _weights
 from gaussdiff_jax._sampler._multistep import Level, StepInfo
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 LAM = np.array([1e-4, 0.03, 0.4, 1.0, 5.0, 50.0])
 MEAN = np.array([0.3, 0.5, -1.0, 0.25, 2.0, -0.7])
 TABLE = gdj.Discrete.from_diffusers("scaled_linear")

@@ -24,6 +24,8 @@ import _mc_multistep
 import _mc_zoo_multistep as zoo
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 LAM = np.array([0.05, 0.7, 2.5])
 MODES = np.array([1e-3, 0.05, 0.7, 2.5, 40.0])
 MEAN = np.array([0.3, -1.0, 0.5, 2.0, -0.7])

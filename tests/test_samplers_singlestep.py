@@ -23,6 +23,8 @@ from test_float32 import _grid32, _source32
 
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 LAM = np.array([1e-3, 0.03, 0.4, 1.0, 5.0])
 MEAN = np.array([0.3, 0.5, -1.0, 0.25, 2.0])
 LAM3 = np.array([0.05, 0.7, 2.5])

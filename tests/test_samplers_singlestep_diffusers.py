@@ -31,6 +31,8 @@ from diffusers.schedulers import (
     scheduling_k_dpm_2_discrete,
 )
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 
 def _compare(law, mean, variance, rtol):
     np.testing.assert_allclose(np.asarray(law.mean_multiplier) * MEAN, mean, rtol=rtol, atol=rtol * 1e-3)

@@ -9,6 +9,8 @@ import pytest
 
 import gaussdiff_jax as gdj
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 TABLES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 

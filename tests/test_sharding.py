@@ -20,6 +20,8 @@ WORKER = Path(__file__).with_name("_sharding_worker.py")
 sys.path.insert(0, str(WORKER.parent))
 from _sharding_worker import case
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 METRICS = ("kl", "kl_reverse", "w2")
 TIMEOUT_S = 240
 

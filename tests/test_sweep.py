@@ -9,6 +9,8 @@ import pytest
 import gaussdiff_jax as gdj
 from gaussdiff_jax._scale import _sweep
 
+pytestmark = pytest.mark.slow  # end-to-end / sweeps: the full suite only (`-m "not slow"` skips them)
+
 T_MIN = 1e-3
 
 
