@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._interop._export import grid_fields
+from .._interop._grid import _from_indices
 from ._shared import (
     CLIError,
     add_output_options,
@@ -183,10 +184,14 @@ def _print(args, result, sampler_name, label, c):
         f"{100 * c['kl_share_below_floor']:.3g}% of the KL (which is why the KL is not the objective)")  # fmt: skip
 
 
+def _grid_of(cand, schedule):
+    """The continuous grid (evaluation times, then the clean end) of a candidate's training steps."""
+    return np.asarray(_from_indices(cand.timesteps, schedule.num_train_timesteps, "select"))
+
+
 def _plot(schedule, result, source, c, out: Path):
     g = gdj()
-    T = schedule.num_train_timesteps
-    shown = {cand.name: (schedule, np.concatenate([(cand.timesteps + 1.0) / T, [0.0]])) for cand in result.candidates}
+    shown = {cand.name: (schedule, _grid_of(cand, schedule)) for cand in result.candidates}
     g.plot_schedules(shown, highlight=result.candidates[0].name, path=out / "timesteps.png",
                      title=f"noise levels of the recommended steps ({result.objective}) and the alternatives")
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing left open
@@ -203,7 +208,7 @@ def _plot(schedule, result, source, c, out: Path):
 
 def _document(args, schedule, sampler_name, result, c, source) -> dict:
     def entry(cand):
-        ts = np.concatenate([(cand.timesteps + 1.0) / schedule.num_train_timesteps, [0.0]])
+        ts = _grid_of(cand, schedule)
         return {"name": cand.name, **grid_fields(ts, schedule), "timesteps": cand.timesteps.tolist(),
                 "predicted": cand.predicted, "w2": cand.w2, "network_error": cand.error}  # fmt: skip
 
