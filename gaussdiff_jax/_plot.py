@@ -78,7 +78,8 @@ def _finish(fig, path, dpi):
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        # A constrained layout already fits the labels; "tight" would lay the figure out a second time.
+        fig.savefig(path, dpi=dpi, bbox_inches=None if fig.get_layout_engine() is not None else "tight")
     return fig
 
 

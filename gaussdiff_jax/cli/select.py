@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +102,8 @@ def run(args) -> int:
         except ValueError as error:
             raise CLIError(one_line(error)) from None
     source = source if source is not None else gdj().fit_gaussian(data).source()
-    contributions = _contributions(source, schedule, sampler, result.ts, args.floor)
+    with phase("contributions"):
+        contributions = _contributions(source, schedule, sampler, result.ts, args.floor)
     _print(args, result, sampler_name, label, contributions)
     with phase("plots"):
         _plot(schedule, result, source, contributions, out)
@@ -142,14 +144,19 @@ def _model_and_data(args):
     return denoiser, data
 
 
+@eqx.filter_jit
+def _per_mode_errors(source, schedule, sampler, ts, floor):
+    """Per-mode W2^2 to the data and KL(data || sample) on the spectrum floored at `floor` (one compiled call)."""
+    g = gdj()
+    w2sq = g.w2_squared(source, g.sample_law(source, schedule, sampler, ts), reduce=False)
+    floored = g.GaussianSource(jnp.maximum(source.eigenvalues, floor), mean=source.mean)
+    return w2sq, g.kl(floored, g.sample_law(floored, schedule, sampler, ts), reduce=False)
+
+
 def _contributions(source, schedule, sampler, ts, floor: float) -> dict:
     """Per-mode W2^2 and KL(data || sample) of the recommendation, and how much comes from modes below `floor`."""
-    g = gdj()
-    law = g.sample_law(source, schedule, sampler, ts)
     lam = np.asarray(source.eigenvalues)
-    w2sq = np.asarray(g.w2_squared(source, law, reduce=False))
-    floored = g.GaussianSource(jnp.maximum(source.eigenvalues, floor), mean=source.mean)
-    kl = np.asarray(g.kl(floored, g.sample_law(floored, schedule, sampler, ts), reduce=False))
+    w2sq, kl = (np.asarray(x) for x in _per_mode_errors(source, schedule, sampler, ts, floor))
     below = lam < floor
     order = np.argsort(-w2sq)
     n90 = int(np.searchsorted(np.cumsum(w2sq[order]) / max(w2sq.sum(), 1e-300), 0.9)) + 1
@@ -196,14 +203,14 @@ def _plot(schedule, result, source, c, out: Path):
                      title=f"noise levels of the recommended steps ({result.objective}) and the alternatives")
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing left open
 
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     g.plot_error_spectrum(c["eigenvalues"], {"W2^2": c["w2_squared"], f"KL, floored at {c['floor']:.2g}": c["kl"]},
                           quantity="per-mode error", cumulative=True, ax=ax,
                           title="where the recommendation's error comes from (running share from the largest mode)")
     ax.axvline(c["floor"], color="0.4", linestyle=":", linewidth=1)
     ax.annotate("floor", (c["floor"], 0.02), xytext=(4, 0), textcoords="offset points", fontsize=8, color="0.3")
-    fig.savefig(out / "contributions.png", dpi=120, bbox_inches="tight")  # fmt: skip
+    fig.savefig(out / "contributions.png", dpi=120)  # fmt: skip
 
 
 def _document(args, schedule, sampler_name, result, c, source) -> dict:
