@@ -283,7 +283,7 @@ def times_on_discrete(schedule: Discrete, table_sigmas: np.ndarray, levels: np.n
     got = np.asarray(schedule.sigma(jnp.asarray(out)), dtype=np.float64)
     # A Discrete table stores abar = 1/(1 + sigma^2): near abar = 1 it keeps sigma^2 to ~1e-16 absolute only.
     safe = np.maximum(levels, 1e-300)
-    bad = np.abs(got - levels) > (1e-12 + 1e-15 / safe**2) * safe
+    bad = np.abs(got - levels) > 1e-12 * safe + 1e-15 / safe  # no safe**2: it underflows to 0 at sigma = 0
     if np.any(bad):
         raise RuntimeError(
             f"internal: could not place noise levels {levels[bad].tolist()} on the table (got {got[bad]})."
