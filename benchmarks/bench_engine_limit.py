@@ -31,13 +31,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
-import gaussdiff_jax as gdj  # noqa: E402
+import gaussdiff_jax as gdj
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_throughput import SAMPLERS, numpy_w2, timed  # noqa: E402
+from bench_throughput import SAMPLERS, numpy_w2, timed
 
 
 def plain_law(sampler, schedule, lam, ts):

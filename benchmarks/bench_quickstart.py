@@ -39,7 +39,6 @@ COMMANDS = {
     "select": ["select", "--spectrum", "cifar10", "--nfe", "10", "--quiet"],
     "optimize": ["optimize", "--spectrum", "cifar10", "--sampler", "ddim", "--nfe", "10", "--quiet"],
 }
-COMMAND = COMMANDS["select"]
 
 
 def cli_has_cache_flag() -> bool:
@@ -49,11 +48,11 @@ def cli_has_cache_flag() -> bool:
     return "--no-compile-cache" in out.stdout
 
 
-def run(extra: list[str], env: dict[str, str], out: Path) -> tuple[float, float]:
+def run(command: list[str], extra: list[str], env: dict[str, str], out: Path) -> tuple[float, float]:
     """(wall seconds, the main job's seconds from result.json) of one quick-start run."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "gaussdiff_jax", *COMMAND, *extra, "--out", str(out)],
+        [sys.executable, "-m", "gaussdiff_jax", *command, *extra, "--out", str(out)],
         check=False,
         env=env,
         capture_output=True,
@@ -73,8 +72,7 @@ def main():
     parser.add_argument("--extra", default="", help="extra CLI arguments, e.g. '--optimizer lbfgs'")
     parser.add_argument("--nan-checks", action="store_true", help="also runs with EQX_ON_ERROR=nan (see below)")
     options = parser.parse_args()
-    global COMMAND
-    COMMAND = COMMANDS[options.command]
+    command = COMMANDS[options.command]
     extra = shlex.split(options.extra)
     flag = cli_has_cache_flag()
     base_env = dict(os.environ)
@@ -96,18 +94,18 @@ def main():
         uncached_extra = ["--no-compile-cache"] if flag else []
         runs = {"no persistent cache": [], "cache cold (empty)": [], "cache warm": []}
         for k in range(options.repeats):
-            runs["no persistent cache"].append(run(extra + uncached_extra, base_env, tmp / f"plain{k}"))
-        runs["cache cold (empty)"].append(run(extra, cached_env, tmp / "cold"))
+            runs["no persistent cache"].append(run(command, extra + uncached_extra, base_env, tmp / f"plain{k}"))
+        runs["cache cold (empty)"].append(run(command, extra, cached_env, tmp / "cold"))
         for k in range(options.repeats):
-            runs["cache warm"].append(run(extra, cached_env, tmp / f"warm{k}"))
+            runs["cache warm"].append(run(command, extra, cached_env, tmp / f"warm{k}"))
         entries = sum(1 for _ in cache.rglob("*") if _.is_file()) if cache.exists() else 0
         if options.nan_checks:
             # JAX does not cache programs with host callbacks, and equinox's runtime checks are host callbacks:
             # with EQX_ON_ERROR=nan they become NaNs and every program is cacheable (what the cache could give).
             nan_env = dict(cached_env, JAX_COMPILATION_CACHE_DIR=str(tmp / "cache_nan"), EQX_ON_ERROR="nan")
-            runs["EQX_ON_ERROR=nan, cache cold"] = [run(extra, nan_env, tmp / "nan_cold")]
+            runs["EQX_ON_ERROR=nan, cache cold"] = [run(command, extra, nan_env, tmp / "nan_cold")]
             runs["EQX_ON_ERROR=nan, cache warm"] = [
-                run(extra, nan_env, tmp / f"nan{k}") for k in range(options.repeats)
+                run(command, extra, nan_env, tmp / f"nan{k}") for k in range(options.repeats)
             ]
         for name, values in runs.items():
             walls, opts = zip(*values)
@@ -119,7 +117,7 @@ def main():
         ", off with --no-compile-cache" if flag else " (the CLI has no cache flag yet)"
     )
     print(
-        f"Command: gaussdiff {' '.join(COMMAND + extra)} --out <tmp>; {how}; load average "
+        f"Command: gaussdiff {' '.join(command + extra)} --out <tmp>; {how}; load average "
         f"{os.getloadavg()[0]:.1f}; interpreter + `import gaussdiff_jax`: {startup:.2f} s; cache entries written: "
         f"{entries}.\n"
     )

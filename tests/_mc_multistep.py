@@ -35,6 +35,22 @@ def noisy_denoiser(problem, error_std_fn=None, rng=None):
     return model
 
 
+# A synthetic imperfect network on 3 eigen-directions: error variances (rows: log-SNR levels) piecewise linear in log-SNR.
+ERROR_LOG_SNR = np.array([-10.0, -2.0, 2.0, 10.0])
+ERROR_MOMENTS = np.array([[0.3, 0.05, 0.2], [0.05, 0.2, 0.01], [0.02, 0.01, 0.03], [0.001, 0.002, 0.0]])
+
+
+def piecewise_error_denoiser(problem, rng):
+    """`noisy_denoiser` with the per-direction error variances `ERROR_MOMENTS` interpolated linearly in log-SNR
+    (the law the package gets from `gdj.ErrorProfile(ERROR_LOG_SNR, ERROR_MOMENTS)`)."""
+
+    def std(abar):
+        level = math.log(abar / (1 - abar))
+        return np.sqrt(np.array([np.interp(level, ERROR_LOG_SNR, ERROR_MOMENTS[:, i]) for i in range(3)]))
+
+    return noisy_denoiser(problem, std, rng)
+
+
 def dpm_solver_multistep(model, abars, x, rng, *, order=2, algorithm="dpmsolver++", lower_order_final=True):
     """diffusers' DPMSolverMultistepScheduler loop (midpoint second order), data or noise prediction, ODE or SDE.
 

@@ -74,6 +74,20 @@ def _grid32(n):
     return jnp.linspace(1.0, T_MIN, n + 1, dtype=jnp.float32)
 
 
+def assert_float32_matches_float64(sampler, *, skip=(), bars=None):
+    """The float32 bar every sampler meets: both KL directions and W2 within 1e-3 relative of float64 for
+    N = 1 .. 10^4 on `_source32` (CIFAR-10 and a 1e-6..1e6 spectrum with a mean), uniform grids 1 -> 1e-3,
+    standard init. `skip`: step counts left out (with the reason at the call site); `bars`: looser bars per N."""
+    source32 = _source32()
+    for n in (1, 10, 100, 1000, 10000):
+        if n in skip:
+            continue
+        single, double = (np.asarray(x["s"], dtype=np.float64) for x in _both_precisions(source32, _grid32(n), {"s": sampler}))
+        assert np.all(np.isfinite(single)), n
+        rel = np.max(np.abs(single / double - 1))
+        assert rel < (bars or {}).get(n, 1e-3), (n, rel)
+
+
 @pytest.fixture(scope="module")
 def runs():
     source32 = _source32()

@@ -12,16 +12,15 @@ r"""The multistep engine (per-mode state vector) and DPM-Solver(++), proven inde
 
 import math
 
-import equinox as eqx
+import _mc
+import _mc_multistep
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_float32 import assert_float32_matches_float64
 
-import _mc
-import _mc_multistep
 import gaussdiff_jax as gdj
-from test_float32 import _grid32, _source32
 
 pytestmark = pytest.mark.slow  # long float32 / optimization runs: the full suite only (`-m "not slow"` skips them)
 
@@ -111,14 +110,7 @@ def test_model_error_propagation_monte_carlo(sampler, algorithm):
     rng = np.random.default_rng(5)
     problem = _mc.random_problem(rng, LAM)
     ts, abars = _grid(6)
-    ell = np.array([-10.0, -2.0, 2.0, 10.0])
-    moments = np.array([[0.3, 0.05, 0.2], [0.05, 0.2, 0.01], [0.02, 0.01, 0.03], [0.001, 0.002, 0.0]])
-
-    def std(abar):
-        level = math.log(abar / (1 - abar))
-        return np.sqrt(np.array([np.interp(level, ell, moments[:, i]) for i in range(3)]))
-
-    model = _mc_multistep.noisy_denoiser(problem, std, rng)
+    model = _mc_multistep.piecewise_error_denoiser(problem, rng)
     x = rng.standard_normal((100_000, 3))
     if algorithm is None:  # DDIM literal: x' = sqrt(abar') D + sqrt(1 - abar') eps_hat
         for k in range(len(abars) - 1):
@@ -128,7 +120,7 @@ def test_model_error_propagation_monte_carlo(sampler, algorithm):
     else:
         x = _mc_multistep.dpm_solver_multistep(model, abars, x, rng, order=2, algorithm=algorithm)
     source = gdj.GaussianSource(LAM, mean=problem.mean_coordinates)
-    profile = _error_profile(ell, moments)
+    profile = _error_profile(_mc_multistep.ERROR_LOG_SNR, _mc_multistep.ERROR_MOMENTS)
     law = gdj.sample_law(source, DISCRETE, sampler, jnp.asarray(ts), model_error=profile)
     z = _z_scores(x, problem, law)
     assert np.max(np.abs(z)) < Z_MAX, np.max(np.abs(z))
@@ -155,37 +147,13 @@ FLOAT32_SAMPLERS = {
 }
 
 
-@eqx.filter_jit
-def _both_precisions(source32, ts32, sampler):
-    schedule32 = gdj.cast(gdj.LinearBeta(), jnp.float32)
-    out = []
-    for source, schedule, ts in (
-        (source32, schedule32, ts32),
-        (gdj.cast(source32, jnp.float64), gdj.cast(schedule32, jnp.float64), ts32.astype(jnp.float64)),
-    ):
-        law = gdj.sample_law(source, schedule, sampler, ts)
-        out.append(jnp.stack([
-            gdj.kl(source, law, target="truncated"),
-            gdj.kl(source, law, target="truncated", direction="sample_to_target"),
-            gdj.w2(source, law, target="truncated"),
-        ]))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FLOAT32_SAMPLERS))
 def test_float32_matches_float64(name):
     """Same bar as the one-step samplers: 1e-3 relative for N = 1 .. 10^4, both KL directions and W2, on
     CIFAR-10 and a 1e-6..1e6 spectrum with a mean. (N = 1 with noise prediction is a single jump from t = 1,
     where x' = (alpha'/alpha) x - sigma'(e^h - 1) eps_hat cancels two terms of size 150: excluded.)"""
-    source32 = _source32()
-    for n in (1, 10, 100, 1000, 10000):
-        if n == 1 and name == "dpm-2m":
-            continue
-        single, double = (np.asarray(x, dtype=np.float64) for x in _both_precisions(source32, _grid32(n), FLOAT32_SAMPLERS[name]))
-        assert single.dtype == np.float64 and np.all(np.isfinite(single))
-        rel = np.abs(single / double - 1)
-        assert np.max(rel) < 1e-3, (name, n, rel)
+    assert_float32_matches_float64(FLOAT32_SAMPLERS[name], skip=(1,) if name == "dpm-2m" else ())
 
 
 def _error_vs_n(sampler, ns, schedule, lam):

@@ -14,12 +14,11 @@ import dataclasses
 
 import _mc
 import _mc_zoo_singlestep as zoo
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_float32 import _grid32, _source32
+from test_float32 import assert_float32_matches_float64
 
 import gaussdiff_jax as gdj
 
@@ -424,37 +423,17 @@ FLOAT32_EXCEPTIONS = {
 }
 
 
-@eqx.filter_jit
-def _both_precisions(source32, ts32, sampler):
-    schedule32 = gdj.cast(gdj.LinearBeta(), jnp.float32)
-    out = []
-    for source, schedule, ts in (
-        (source32, schedule32, ts32),
-        (gdj.cast(source32, jnp.float64), gdj.cast(schedule32, jnp.float64), ts32.astype(jnp.float64)),
-    ):
-        law = gdj.sample_law(source, schedule, sampler, ts)
-        out.append(jnp.stack([
-            gdj.kl(source, law, target="truncated"),
-            gdj.kl(source, law, target="truncated", direction="sample_to_target"),
-            gdj.w2(source, law, target="truncated"),
-        ]))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FLOAT32))
 def test_float32_matches_float64(name):
     """The bar of test_float32.py: 1e-3 relative, N = 1 .. 10^4, both KL directions and W2, CIFAR-10 and a
     1e-6..1e6 spectrum with a mean, uniform grids in t from 1 (sigma = 152) to 1e-3 (exceptions listed above;
     measured: every other cell within 6e-5, most within 1e-5)."""
-    source32 = _source32()
-    for n in (1, 10, 100, 1000, 10000):
-        if (name, n) in FLOAT32_EXCEPTIONS and FLOAT32_EXCEPTIONS[(name, n)] is None:
-            continue
-        single, double = (np.asarray(x, dtype=np.float64) for x in _both_precisions(source32, _grid32(n), FLOAT32[name]))
-        assert np.all(np.isfinite(single))
-        rel = np.max(np.abs(single / double - 1))
-        assert rel < FLOAT32_EXCEPTIONS.get((name, n), 1e-3), (name, n, rel)
+    exceptions = {n: bar for (key, n), bar in FLOAT32_EXCEPTIONS.items() if key == name}
+    assert_float32_matches_float64(
+        FLOAT32[name], skip=[n for n, bar in exceptions.items() if bar is None],
+        bars={n: bar for n, bar in exceptions.items() if bar is not None},
+    )
 
 
 @pytest.mark.parametrize("sampler", [gdj.FlowMatchHeun(), gdj.EulerAncestral(eta=0.5), gdj.DPMSolverSinglestep(3)])

@@ -238,19 +238,7 @@ def sample_law(
     Runs one `lax.scan` over steps (memory $O(d)$ forward, independent of $N$), jit-able, vmap-able and
     differentiable with respect to the schedule's parameters and the grid.
     """
-    ts = validate_grid(ts, num_steps)
-    if num_steps is not None:
-        num_steps = _check_num_steps(num_steps, ts.shape[0] - 1)
-    if checkpoint is not None and (int(checkpoint) != checkpoint or checkpoint < 1):
-        raise ValueError(f"checkpoint (segment length) must be a positive integer or None; got {checkpoint!r}.")
-    lookahead = int(getattr(sampler, "lookahead", 0))
-    if ts.shape[0] - 1 <= lookahead:
-        raise ValueError(
-            f"{type(sampler).__name__} needs at least {lookahead + 2} grid points (one step spans "
-            f"{lookahead + 2}); got {ts.shape[0]}."
-        )
-    if model_error is not None and not isinstance(model_error, ErrorProfile):
-        raise ValueError(f"model_error must be a gdj.ErrorProfile or None; got {type(model_error).__name__}.")
+    ts, num_steps, lookahead = _checked_run(sampler, ts, num_steps, checkpoint, model_error)
     init_variance = _init_variance(init)
     lam = source.eigenvalues
     dtype = jnp.result_type(lam.dtype, ts.dtype)
@@ -277,20 +265,38 @@ def sample_law(
         last = ts.shape[0] - 1 - lookahead if num_steps is None else num_steps - lookahead
         final = marginal(schedule, ts[last], lam)
     eps, delta, v_direct = (x[..., :num_modes] for x in (eps, delta, v_direct))
-    multistep = isinstance(sampler, AbstractMultistepSampler)
-    return _check_law(_assemble(final, eps, delta, v_direct, multistep), sampler, final.variance > 0)
+    # The relative deviation is the accurate representation while it is small. Below that the one-step engine's
+    # plain variance, a product of per-step factors, keeps the better relative accuracy (a stiff last step
+    # collapsing the variance); the multistep engine's is a quadratic form in weights of size ~50 on a large last
+    # step (PLMS's Adams-Bashforth on noise predictions) that cancels as much as the deviation does, so there the
+    # deviation is kept down to a tenth of p_t's variance (PLMS, N = 10: 67 % -> 6e-5 in float32).
+    lowest = -0.9 if isinstance(sampler, AbstractMultistepSampler) else -0.5
+    return _check_law(_assemble(final, eps, delta, v_direct, lowest), sampler, final.variance > 0)
 
 
-def _assemble(final, eps, delta, v_direct, multistep: bool) -> GaussianLaw:
-    """The `GaussianLaw` from the deviations at the final time."""
+def _checked_run(sampler, ts, num_steps, checkpoint, model_error):
+    """`sample_law`'s run options checked: the validated grid, the checked step count, the sampler's lookahead."""
+    ts = validate_grid(ts, num_steps)
+    if num_steps is not None:
+        num_steps = _check_num_steps(num_steps, ts.shape[0] - 1)
+    if checkpoint is not None and (int(checkpoint) != checkpoint or checkpoint < 1):
+        raise ValueError(f"checkpoint (segment length) must be a positive integer or None; got {checkpoint!r}.")
+    lookahead = int(getattr(sampler, "lookahead", 0))
+    if ts.shape[0] - 1 <= lookahead:
+        raise ValueError(
+            f"{type(sampler).__name__} needs at least {lookahead + 2} grid points (one step spans "
+            f"{lookahead + 2}); got {ts.shape[0]}."
+        )
+    if model_error is not None and not isinstance(model_error, ErrorProfile):
+        raise ValueError(f"model_error must be a gdj.ErrorProfile or None; got {type(model_error).__name__}.")
+    return ts, num_steps, lookahead
+
+
+def _assemble(final, eps, delta, v_direct, lowest_deviation: float) -> GaussianLaw:
+    """The `GaussianLaw` from the deviations at the final time; the relative deviation is used where it lies in
+    `(lowest_deviation, 1/2)`, the engine's plain variance elsewhere."""
     ok = final.variance > 0
-    # The relative deviation is the accurate representation while it is small. One-step samplers: once the
-    # output is far from p_t (|delta| >= 1/2, e.g. a stiff last step collapsing the variance) the plain
-    # recursion, a product of per-step factors, keeps the better relative accuracy. Multistep samplers: the
-    # normalized covariance is a quadratic form in weights of size ~50 on a large last step (PLMS's
-    # Adams-Bashforth on noise predictions) and cancels as much as the deviation does, so the deviation is
-    # used down to a variance of a tenth of p_t's (PLMS, N = 10: 67 % -> 6e-5 in float32).
-    near = ok & (delta < 0.5) & (delta > (-0.9 if multistep else -0.5))
+    near = ok & (delta < 0.5) & (delta > lowest_deviation)
     safe_R2 = jnp.where(ok, final.variance, 1.0)
     safe_v = jnp.where(v_direct > 0, v_direct, 1.0)
     log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, delta, 0.0)), jnp.log(safe_v) - jnp.log(safe_R2))
@@ -312,10 +318,10 @@ def _check_law(law: GaussianLaw, sampler, ok) -> GaussianLaw:
         "like Tangent or Cosine, have beta(1) = inf: start at t_0 < 1 or use DDIM); Heun and RK4 also "
         "divide by R^2 = 0 at t = 0 for a zero eigenvalue (use t_min > 0); EDMHeun needs finite sigma."
     )
-    if isinstance(sampler, AbstractMultistepSampler) and law.variance.dtype == jnp.float32:
+    if law.variance.dtype == jnp.float32:
         message += (
-            " In float32, a multistep step from abar ~ 0 that combines noise predictions (PNDM's Runge-Kutta "
-            "warm-up with N <= 2 from t = 1) cancels terms ~1/alpha apart: run in float64 or start at t_0 < 1."
+            " In float32, a long first step from abar ~ 0 can cancel terms ~1/sqrt(abar) apart (e.g. PNDM's "
+            "Runge-Kutta warm-up with N <= 2 from t = 1): run in float64 or start at t_0 < 1."
         )
     bad = ~jnp.isfinite(law.variance) | ~jnp.isfinite(law.mean_multiplier) | (ok & ~jnp.isfinite(law.log_variance_ratio))
     variance = check(law.variance, bad, message)

@@ -168,6 +168,21 @@ def _search_scorer(source, schedule, sampler, grids: np.ndarray, exact: np.ndarr
     return scorer if agree else full
 
 
+def _closed_form_grid(source, schedule: Discrete, sampler, grids: dict, max_rounds: int) -> np.ndarray:
+    """The integer grid of least W2 (exact denoiser), searched from the best of the candidate `grids`.
+
+    The first step is free (it may start below T - 1, as diffusers' "leading" spacing does): on the trained
+    networks of benchmarks/real_models the closed-form W2 grid with a free start was within 5 % of the best
+    fixed spacing's FD where the one pinned at T - 1 was up to 1.2x (x0 / v heads) and 3.9x (eps heads) worse."""
+    stacked = np.stack(list(grids.values()))
+    exact = _scorer(source, schedule, sampler, None)(stacked)[0]
+    search = _search_scorer(source, schedule, sampler, stacked, exact)
+    start = stacked[int(np.argmin(exact))]
+    found, _, _ = integer_search(start, schedule.num_train_timesteps, lambda g: search(g)[0], free_start=True,
+                                 max_rounds=max_rounds)  # fmt: skip
+    return found
+
+
 def _candidate_grids(schedule: Discrete, sampler, nfe: int) -> dict[str, np.ndarray]:
     """Every `gdj.grids` spacing for the budget, on training steps with the clean end (name -> grid)."""
     out = {}
@@ -261,37 +276,32 @@ def select_timesteps(
     grids = _candidate_grids(schedule, sampler, nfe)
     if not grids:
         raise ValueError(f"select_timesteps: no grid of {nfe} evaluations fits the {T}-step table for this sampler.")
-    score = _scorer(source, schedule, sampler, profile)
+    grids["closed-form"] = _closed_form_grid(source, schedule, sampler, grids, max_rounds)
     names = list(grids)
-    stacked = np.stack([grids[n] for n in names])
-    exact = (score if profile is None else _scorer(source, schedule, sampler, None))(stacked)[0]
-    start = names[int(np.argmin(exact))]
-    closed_score = _search_scorer(source, schedule, sampler, stacked, exact)
-    # The first step is free (it may start below T - 1, as diffusers' "leading" spacing does): on the trained
-    # networks of benchmarks/real_models the closed-form W2 grid with a free start was within 5 % of the best
-    # fixed spacing's FD where the one pinned at T - 1 was up to 1.2x (x0 / v heads) and 3.9x (eps heads) worse.
-    grids["closed-form"], _, _ = integer_search(
-        grids[start], T, lambda g: closed_score(g)[0], free_start=True, max_rounds=max_rounds
-    )
-    names.append("closed-form")
+    score = _scorer(source, schedule, sampler, profile)
     value, w2, err = score(np.stack([grids[n] for n in names]))
     candidates = {n: Candidate(n, _timesteps_of(grids[n], T), float(v), float(a), float(b))
                   for n, v, a, b in zip(names, value, w2, err)}
     best = min(candidates.values(), key=lambda c: c.predicted)
     say(f"select_timesteps: best of {len(names)} candidates: {best.name} ({best.predicted:.6g})")
     if profile is not None:
-        start = grids[best.name]
-        found, rounds, converged = integer_search(start, T, lambda g: score(g)[0], free_start=True, max_rounds=max_rounds)
-        v, a, b = (float(x[0]) for x in score(found[None]))
-        if v < best.predicted:
-            candidates["selected"] = Candidate("selected", _timesteps_of(found, T), v, a, b)
-        say(f"select_timesteps: integer search from {best.name}: {v:.6g} after {rounds} rounds"
-            + ("" if converged else " (round cap reached)"))
+        refined = _network_search(score, best, grids[best.name], T, max_rounds, say)
+        if refined is not None:
+            candidates["selected"] = refined
     ordered = sorted(candidates.values(), key=lambda c: c.predicted)
     chosen = ordered[0]
     ts = jnp.asarray(np.concatenate([(chosen.timesteps + 1.0) / T, [0.0]]), dtype=source.eigenvalues.dtype)
-    objective = "w2" if profile is None else "w2+network error"
-    return TimestepSelection(chosen.timesteps, ts, chosen.predicted, objective, ordered, profile)
+    return TimestepSelection(chosen.timesteps, ts, chosen.predicted, "w2" if profile is None else "w2+network error",
+                             ordered, profile)
+
+
+def _network_search(score, best: Candidate, start: np.ndarray, T: int, max_rounds: int, say) -> Candidate | None:
+    """The integer search on the model-aware objective from the best candidate; the result if it improves."""
+    found, rounds, converged = integer_search(start, T, lambda g: score(g)[0], free_start=True, max_rounds=max_rounds)
+    v, a, b = (float(x[0]) for x in score(found[None]))
+    say(f"select_timesteps: integer search from {best.name}: {v:.6g} after {rounds} rounds"
+        + ("" if converged else " (round cap reached)"))  # fmt: skip
+    return Candidate("selected", _timesteps_of(found, T), v, a, b) if v < best.predicted else None
 
 
 def _printer(enabled: bool):

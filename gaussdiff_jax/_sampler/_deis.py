@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 
 from ._lagrange import lagrange_monomials
-from ._multistep import AbstractMultistepSampler, Combination, half_log_snr_step, phi
+from ._multistep import AbstractLinearMultistepSampler, Combination, half_log_snr_step, phi
 from ._registry import register
 from ._unipc import log_snr_step
 
@@ -41,7 +41,7 @@ def _moments(h, new, cur, count: int):
     return out
 
 
-class DEIS(AbstractMultistepSampler):
+class DEIS(AbstractLinearMultistepSampler):
     r"""DEIS multistep, log-$\rho$ polynomial extrapolation of the noise prediction, order 1–3 (`DEISMultistepScheduler`).
 
     **Arguments** (diffusers' config names):
@@ -62,14 +62,6 @@ class DEIS(AbstractMultistepSampler):
         if solver_order not in (1, 2, 3):
             raise ValueError(f"DEIS: solver_order must be 1, 2 or 3; got {solver_order!r}.")
         self.solver_order, self.lower_order_final = int(solver_order), bool(lower_order_final)
-
-    @property
-    def num_slots(self) -> int:
-        return self.solver_order
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return min(self.solver_order, 2)
 
     def _order(self, k, n, nodes):
         p = self.solver_order

@@ -21,7 +21,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from ._multistep import AbstractMultistepSampler, Combination, half_log_snr_step, phi
+from ._multistep import AbstractLinearMultistepSampler, Combination, half_log_snr_step, phi
 from ._registry import register
 
 Algorithm = Literal["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"]
@@ -37,7 +37,7 @@ def _divided_difference_weights(order, r0, r1, c1, c2):
     return a0 / r0, -a0 / r0 + a1 / r1, -a1 / r1
 
 
-class DPMSolverMultistep(AbstractMultistepSampler):
+class DPMSolverMultistep(AbstractLinearMultistepSampler):
     r"""DPM-Solver(++) multistep of order 1–3 (`DPMSolverMultistepScheduler`; `dpmpp-2m` is Stable Diffusion's default).
 
     **Arguments:**
@@ -68,16 +68,6 @@ class DPMSolverMultistep(AbstractMultistepSampler):
             raise ValueError("DPMSolverMultistep: order 3 is not defined for 'sde-dpmsolver' (diffusers has none).")
         self.solver_order, self.algorithm, self.solver_type = int(solver_order), algorithm, solver_type
         self.lower_order_final, self.euler_at_final = bool(lower_order_final), bool(euler_at_final)
-
-    @property
-    def num_slots(self) -> int:
-        return self.solver_order
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        # The first (first-order) and second (second-order) warm-up steps have local errors O(h^2) and
-        # O(h^3), so the run converges with order min(solver_order, 2): KL ~ N^-4 for 2M and 3M alike.
-        return min(self.solver_order, 2)
 
     @property
     def is_deterministic(self) -> bool:

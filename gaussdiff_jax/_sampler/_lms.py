@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._lagrange import lagrange_monomials
-from ._multistep import AbstractMultistepSampler, Combination, Level, alpha_bar_difference
+from ._multistep import AbstractLinearMultistepSampler, Combination, Level, alpha_bar_difference
 from ._registry import register
 
 
@@ -40,7 +40,7 @@ def lms_coefficients(delta, nodes):
     return [delta * sum((c / (n + 1) for n, c in enumerate(row)), 0.0) for row in basis]
 
 
-class LMS(AbstractMultistepSampler):
+class LMS(AbstractLinearMultistepSampler):
     r"""Linear multistep in $\sigma$ of order `solver_order` (k-diffusion `sample_lms`, diffusers `LMSDiscreteScheduler`).
 
     **Arguments:**
@@ -58,14 +58,6 @@ class LMS(AbstractMultistepSampler):
         if solver_order not in (1, 2, 3, 4):
             raise ValueError(f"LMS: solver_order must be 1, 2, 3 or 4; got {solver_order!r}.")
         self.solver_order = int(solver_order)
-
-    @property
-    def num_slots(self) -> int:
-        return self.solver_order
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return min(self.solver_order, 2)
 
     def step(self, schedule, slots, next_level, state, info):
         p, k = self.solver_order, info.index

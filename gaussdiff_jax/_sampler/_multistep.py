@@ -218,3 +218,18 @@ class AbstractMultistepSampler(AbstractSampler):
         raise NotImplementedError(
             f"{type(self).__name__} is a multistep sampler: use gdj.simulate, which runs its combinations on particles."
         )
+
+
+class AbstractLinearMultistepSampler(AbstractMultistepSampler):
+    r"""A linear multistep sampler keeping its last `solver_order` evaluation points, one slot each (DPM-Solver++
+    multistep, DEIS, LMS). Its first steps fall back to lower orders (there is no history yet), and a first-order
+    step on a general grid leaves a local error $O(h^2)$: the run converges with order $\min(p, 2)$ for
+    `solver_order` $p$ (KL $\sim N^{-4}$ for orders 2 and 3 alike). Subclasses have an int field `solver_order`."""
+
+    @property
+    def num_slots(self) -> int:  # type: ignore[override]
+        return self.solver_order
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return min(self.solver_order, 2)
