@@ -10,7 +10,9 @@ Contenders, in one process, on the same loss and parameterization:
 
 - `gdj.optimize(loss, LearnableGrid(N), optimizer=optax.lbfgs(), steps=..., tol=...)` with the loss written
   as the README shows (`gdj.sample_law(src, base, gdj.DDIM(), grid.times())`), and with the DDIM closed form
-  `gdj.ddim_law` (the CLI's fast path).
+  `gdj.ddim_law` (the CLI's fast path); each on every mode and on the spectrum's quadrature compression
+  (`gdj.compress(src).source`, 204 weighted modes, built once per spectrum and timed apart; what
+  `optimize_grid` and the CLI use after checking it at the start).
 - baseline: `scipy.optimize.minimize(method="L-BFGS-B")` (memory 10, as optax's) on a plain numpy closed form
   with a hand-written gradient (`NumpyLoss`, MATH.md sections 3-4), what a user would write.
 
@@ -177,10 +179,12 @@ def fastest(fn, repeats=REPEATS):
 def case(source, lam, n: int, metric: str):
     """All measurements for one (N, metric); returns Markdown rows and a dict of raw numbers."""
     np_loss = NumpyLoss(lam, metric)
+    compressed = gdj.compress(source).source  # once per spectrum (timed apart, in `main`)
     jax_losses = {
         "sample_law": jax_loss(source, metric, False),
-        "sample_law checkpoint=1": jax_loss(source, metric, False, checkpoint=1),
         "ddim_law": jax_loss(source, metric, True),
+        "sample_law, compressed": jax_loss(compressed, metric, False),
+        "ddim_law, compressed": jax_loss(compressed, metric, True),
     }
     # Agreement at the start and of the gradients (uniform grid and a random one).
     z = np.random.default_rng(0).normal(size=n)
@@ -193,7 +197,12 @@ def case(source, lam, n: int, metric: str):
     _, _, scipy_values = run_scipy(np_loss, n, maxiter=2000, ftol=1e-15, gtol=1e-13, trace=True)
     best = min(min(scipy_values), *(float(np.min(r.losses)) for _, r in cold.values()))
     target = best * (1 + TOL)
+    # The compressed loss against the exact one at the optimum found on it.
+    optimum = cold["ddim_law, compressed"][1].module
+    exact_there = float(jax_losses["ddim_law"](optimum))
+    compressed_error = abs(float(jax_losses["ddim_law, compressed"](optimum)) / exact_there - 1)
     rows, raw = [], {"N": n, "metric": metric, "optimum": best, "agreement": agreement}
+    raw["compressed"] = (compressed_error, exact_there / best - 1)
     # scipy: iterations to 1e-8, the time of a call stopping there, and its own stopping rule.
     k_scipy = first_within(scipy_values, target)
     t_scipy = fastest(lambda: run_scipy(np_loss, n, maxiter=k_scipy))
@@ -503,8 +512,15 @@ def main():
     for raw in raws:
         print(
             f"- N = {raw['N']}, {raw['metric']}: optimum {raw['optimum']:.12g}; numpy vs jax at random logits: "
-            f"value {raw['agreement'][0]:.1e}, gradient {raw['agreement'][1]:.1e} (relative)"
+            f"value {raw['agreement'][0]:.1e}, gradient {raw['agreement'][1]:.1e} (relative); at the optimum found "
+            f"on the compressed spectrum, compressed vs exact loss {raw['compressed'][0]:.1e}, exact loss there "
+            f"{raw['compressed'][1]:+.1e} from the optimum (relative)"
         )
+    timings = [_timed(lambda: gdj.compress(source))[0] for _ in range(21)]
+    print(
+        f"- `gdj.compress` of the spectrum ({lam.size} -> {gdj.compress(source).source.eigenvalues.size} modes), "
+        f"once per spectrum: {1e3 * np.median(timings):.2f} ms (median of 21, warm)"
+    )
     if options.profile:
         profile(source)
 

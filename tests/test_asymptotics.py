@@ -129,6 +129,27 @@ def test_ddim_law_zero_eigenvalue_roundoff_and_chunking():
     np.testing.assert_allclose(ends_c, ends_v, rtol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_ddim_law_gradient_with_a_zero_eigenvalue_at_the_clean_point(dtype):
+    # A zero eigenvalue on a grid ending at t = 0: its last step has a 0/0 rotation (the mode is masked); the
+    # gradient of W2^2 in the grid stays finite and equals the recursion's.
+    source = gdj.cast(gdj.GaussianSource(np.array([0.0, 0.02, 0.6, 3.0])), dtype)
+    schedule = gdj.cast(gdj.Tangent(1.3), dtype)
+    ts = jnp.linspace(1.0, 0.0, 7, dtype=dtype)
+
+    def loss(law_fn):
+        def of_interior(x):
+            grid = jnp.concatenate([ts[:1], x, ts[-1:]])
+            return gdj.w2_squared(source, law_fn(grid))
+
+        return jax.jit(jax.grad(of_interior))(ts[1:-1])
+
+    closed = loss(lambda grid: gdj.ddim_law(source, schedule, grid))
+    recursion = loss(lambda grid: gdj.sample_law(source, schedule, gdj.DDIM(), grid))
+    assert np.all(np.isfinite(closed))
+    np.testing.assert_allclose(closed, recursion, rtol=1e-10 if dtype == jnp.float64 else 1e-4)
+
+
 def test_ddim_law_float32():
     # float32 against float64 on the same (float32-rounded) grid, N up to 10^4, eigenvalues 1e-6..1e6.
     lam = np.logspace(-6, 6, 13)

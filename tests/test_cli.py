@@ -117,6 +117,9 @@ def test_optimize_writes_schema_and_plot(quickstart):
     assert opt["base_schedule"] == doc["best_baseline"] == min((v, k) for k, v in kls.items() if k != "optimized")[1]
     assert all(kls["optimized"] < v for k, v in kls.items() if k != "optimized")
     assert doc["ratio_to_best_baseline"] == pytest.approx(kls["optimized"] / kls[doc["best_baseline"]])
+    # The loss ran on the spectrum's quadrature compression, which reproduces the exact KL of the start.
+    assert opt["loss_modes"] == 204
+    assert opt["losses"][0] == pytest.approx(kls[opt["base_schedule"]], rel=1e-9)
     assert_png(quickstart / "schedule.png")
 
 

@@ -264,3 +264,35 @@ def test_float32_estimate_is_finite_and_covers_the_float32_total():
     value, estimate = (np.asarray(x, dtype=np.float64) for x in _evaluate(compressed, terms[:, p_nodes]))
     assert np.all(np.isfinite(estimate)) and np.all(estimate <= 1e-2 * exact), estimate / exact
     assert np.all(np.abs(value - exact) <= estimate), (np.abs(value - exact) / exact, estimate / exact)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compression in place of a spectrum for repeated evaluations (grid search, optimization)
+
+
+def test_compression_for_loss_only_where_it_pays_and_cached():
+    from gaussdiff_jax._scale._compress import compression_for_loss
+
+    cifar = gdj.GaussianSource(gdj.spectra.load("cifar10"))
+    compressed = compression_for_loss(cifar)
+    assert compressed.eigenvalues.shape == (204,) and compressed.num_modes == 3072
+    assert compression_for_loss(gdj.GaussianSource(gdj.spectra.load("cifar10"))) is compressed  # same spectrum
+    # Too small to be worth it, batched, or traced (inside jit): None, the caller keeps every mode.
+    assert compression_for_loss(gdj.GaussianSource(np.linspace(0.1, 2.0, 1000))) is None
+    assert compression_for_loss(gdj.GaussianSource(np.ones((2, 3072)))) is None
+    seen = []
+    jax.jit(lambda lam: seen.append(compression_for_loss(gdj.GaussianSource(lam))) or lam)(cifar.eigenvalues)
+    assert seen == [None]
+    # Does not compress 4x (every eigenvalue its own sparse bin): None.
+    assert compression_for_loss(gdj.GaussianSource(np.exp(np.linspace(-340.0, 340.0, 2048)))) is None
+
+
+def test_agrees_is_relative_and_needs_infinities_at_the_same_places():
+    from gaussdiff_jax._scale._compress import agrees
+
+    exact = np.array([1.0, 1e6, np.inf])
+    assert agrees(exact * (1 + 5e-10), exact)
+    assert not agrees(exact * (1 + 5e-9), exact)
+    assert agrees(exact * (1 + 5e-9), exact, rtol=1e-8)
+    assert not agrees(np.array([1.0, 1e6, 1.0]), exact)
+    assert not agrees(np.array([1.0, np.nan, np.inf]), exact)

@@ -207,6 +207,39 @@ def test_optimized_grid_never_worse_than_baselines():
             assert neighbour.kl >= res.rounded.kl * (1 - 1e-12), (k, move)
 
 
+def test_optimization_on_the_compressed_spectrum_finds_the_full_spectrum_result(monkeypatch):
+    """On CIFAR-10 (3072 modes) both stages run on the quadrature compression (204 modes), checked against the
+    exact value at their start: same grids, same scores as on every mode. Where the check fails (here: a
+    compression that is off by 1e-7) both stages fall back to every mode, with the same result."""
+    from gaussdiff_jax._optimization import _timesteps
+
+    src = gdj.GaussianSource(gdj.spectra.load("cifar10"))
+    modes = []
+    original = _timesteps.grid_errors
+
+    def spy(source, *args, **kwargs):
+        modes.append(source.eigenvalues.shape[0])
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(_timesteps, "grid_errors", spy)
+    run = lambda: gdj.optimize_grid(src, LINEAR, gdj.DDIM(), 5, steps=40)  # noqa: E731
+    compressed = run()
+    assert 204 in modes
+    good = _timesteps.compression_for_loss(src)
+    off = gdj.GaussianSource(good.eigenvalues, weights=good.weights * (1 + 1e-7))
+    for replacement in (None, off):
+        monkeypatch.setattr(_timesteps, "compression_for_loss", lambda source, r=replacement: r)
+        modes.clear()
+        full = run()
+        # The integer search ranks on every mode (after one check of the wrong compression); the continuous
+        # stage's fallback shows in its losses, which would be 1e-7 off on the wrong compression.
+        assert 3072 in modes and modes.count(204) == (replacement is not None)
+        for a, b in ((compressed.optimized, full.optimized), (compressed.rounded, full.rounded)):
+            np.testing.assert_allclose(np.asarray(a.times), np.asarray(b.times), rtol=1e-7, atol=1e-9)
+            assert a.w2 == pytest.approx(b.w2, rel=1e-9)
+        np.testing.assert_allclose(compressed.losses, full.losses, rtol=1e-9)
+
+
 @pytest.mark.parametrize("how", ["diverges", "nan"])
 def test_optimizer_that_cannot_improve_returns_the_best_baseline(how, capsys):
     """A step so large that the loss only grows, or a NaN step (the loss becomes NaN: `gdj.optimize` raises):

@@ -43,7 +43,7 @@ from .._core._model_error import ErrorProfile
 from .._core._source import GaussianSource
 from .._interop import _grid
 from .._sampler import AbstractSampler
-from .._scale._compress import compress
+from .._scale._compress import agrees, compression_for_loss
 from .._schedule import Discrete
 from ._grid_scores import chunk_size
 from ._network_error import GaussianFit, Parameterization, fit_gaussian, measure_error_profile
@@ -152,20 +152,12 @@ def _search_scorer(source, schedule, sampler, grids: np.ndarray, exact: np.ndarr
     Ranking thousands of candidate grids is the search's whole cost (3.3 ns per mode-step). The check guards
     against grids where the per-mode error is not smooth in the eigenvalue (an unstable explicit step), where
     a quadrature would mis-rank; the reported values are always computed on the full spectrum."""
-    full = _scorer(source, schedule, sampler, None)
-    lam = source.eigenvalues
-    if lam.ndim != 1 or isinstance(lam, jax.core.Tracer) or lam.shape[0] < 1024:
-        return full
-    compressed = compress(source).source
-    if 4 * compressed.eigenvalues.shape[0] > lam.shape[0]:
-        return full
-    scorer = _scorer(compressed, schedule, sampler, None)
-    approx = scorer(grids)[0]
-    finite = np.isfinite(exact)
-    agree = np.array_equal(finite, np.isfinite(approx)) and np.all(
-        np.abs(approx[finite] - exact[finite]) <= 1e-9 * np.abs(exact[finite])
-    )
-    return scorer if agree else full
+    compressed = compression_for_loss(source)
+    if compressed is not None:
+        scorer = _scorer(compressed, schedule, sampler, None)
+        if agrees(scorer(grids)[0], exact):
+            return scorer
+    return _scorer(source, schedule, sampler, None)
 
 
 def _closed_form_grid(source, schedule: Discrete, sampler, grids: dict, max_rounds: int) -> np.ndarray:
@@ -280,8 +272,10 @@ def select_timesteps(
     names = list(grids)
     score = _scorer(source, schedule, sampler, profile)
     value, w2, err = score(np.stack([grids[n] for n in names]))
-    candidates = {n: Candidate(n, _timesteps_of(grids[n], T), float(v), float(a), float(b))
-                  for n, v, a, b in zip(names, value, w2, err)}
+    candidates = {
+        n: Candidate(n, _timesteps_of(grids[n], T), float(v), float(a), float(b))
+        for n, v, a, b in zip(names, value, w2, err)
+    }
     best = min(candidates.values(), key=lambda c: c.predicted)
     say(f"select_timesteps: best of {len(names)} candidates: {best.name} ({best.predicted:.6g})")
     if profile is not None:
@@ -291,8 +285,9 @@ def select_timesteps(
     ordered = sorted(candidates.values(), key=lambda c: c.predicted)
     chosen = ordered[0]
     ts = jnp.asarray(np.concatenate([(chosen.timesteps + 1.0) / T, [0.0]]), dtype=source.eigenvalues.dtype)
-    return TimestepSelection(chosen.timesteps, ts, chosen.predicted, "w2" if profile is None else "w2+network error",
-                             ordered, profile)
+    return TimestepSelection(
+        chosen.timesteps, ts, chosen.predicted, "w2" if profile is None else "w2+network error", ordered, profile
+    )
 
 
 def _network_search(score, best: Candidate, start: np.ndarray, T: int, max_rounds: int, say) -> Candidate | None:

@@ -27,6 +27,7 @@ from .._core._law import sample_law
 from .._core._source import GaussianSource
 from .._interop import _grid
 from .._sampler import AbstractSampler
+from .._scale._compress import agrees, compression_for_loss
 from .._schedule import AbstractSchedule, Discrete
 from ._grid_scores import (
     GridComparison,
@@ -135,16 +136,25 @@ def _better_of(reference: GridScore, times, name: str, metric: Metric, context, 
     return reference._replace(name=name), False
 
 
-def _integer_polish(source, schedule, sampler, ts, metric, *, options, max_rounds=200):
-    """Coordinate search over training indices for KL or W2 (both ends fixed; see `integer_search`).
+def _integer_polish(source, schedule, sampler, ts, metric, *, options, exact: float, max_rounds=200):
+    """Coordinate search over training indices for KL or W2 (both ends fixed; see `integer_search`), from `ts`
+    whose exact value is `exact`. Grids are ranked on the spectrum's quadrature compression when that
+    reproduces `exact` to 1e-9 (as `select_timesteps` does); the caller scores the result on the full spectrum.
 
     **Returns:** `(grid, rounds, converged)`.
     """
 
-    def value(grids):
-        k, w = grid_errors(source, schedule, sampler, grids, **options)
-        return k if metric == "kl" else w
+    def value_on(src):
+        def value(grids):
+            k, w = grid_errors(src, schedule, sampler, grids, **options)
+            return k if metric == "kl" else w
 
+        return value
+
+    value = value_on(source)
+    compressed = compression_for_loss(source)
+    if compressed is not None and agrees(value_on(compressed)(np.asarray(ts)[None]), [exact]):
+        value = value_on(compressed)
     return integer_search(ts, schedule.num_train_timesteps, value, free_start=False, max_rounds=max_rounds)
 
 
@@ -290,8 +300,9 @@ def _optimize_from(base, int_base, context, options, *, metric, steps, optimizer
         grid, clean_end = _learnable_from(start.times, floor, source.eigenvalues.dtype)
         opt = optax.adam(optax.cosine_decay_schedule(0.05, max(int(steps), 1))) if optimizer is None else optimizer
         args = (*context, clean_end, (metric, options["init"], options["target"], options["direction"]))
+        start_loss = metric_value(start, metric) ** (2 if metric == "w2" else 1)
         try:
-            result = optimize(_grid_loss, grid, optimizer=opt, steps=steps, progress=show_steps, args=args)
+            result = _optimize_grid_loss(grid, opt, steps, args, start_loss, show_steps)
             losses, candidate = result.losses, np.asarray(_grid_times(result.module, clean_end))
         except (FloatingPointError, RuntimeError) as error:
             # The loss became NaN / inf, or a step left the valid grids (a package check failed inside jit):
@@ -314,12 +325,29 @@ def _optimize_from(base, int_base, context, options, *, metric, steps, optimizer
         best_int = min(int_base, key=lambda s: metric_value(s, metric))
         first = _grid.round_to_indices(optimized.times, schedule, duplicates="spread")
         seed, _ = _better_of(best_int, first, "optimized/int", metric, context, options)
-        polished, rounds, converged = _integer_polish(*context, seed.times, metric, options=options)
+        polished, rounds, converged = _integer_polish(
+            *context, seed.times, metric, options=options, exact=metric_value(seed, metric)
+        )
         rounded, rounded_improved = _better_of(best_int, polished, "optimized/int", metric, context, options)
         line = _integer_message(best_int, rounded, rounded_improved, metric, rounds, converged)
         note(line)
         message = f"{message} {line}"
     return GridOptimization(optimized, rounded, baselines, start.name, losses, improved, rounded_improved, message)
+
+
+def _optimize_grid_loss(grid, optimizer, steps, args, start_loss, progress):
+    """`gdj.optimize` of `_grid_loss` from `grid`: on the spectrum's quadrature compression (`gdj.compress`,
+    204 of CIFAR-10's 3072 modes: ~15x less work per iteration) when its loss at the start reproduces the
+    start's exact loss `start_loss` to 1e-9, else (or for small spectra) on the full spectrum. The optimized
+    grid is scored on the full spectrum afterwards either way (`_better_of`)."""
+    compressed = compression_for_loss(args[0])
+    if compressed is not None:
+        run = optimize(
+            _grid_loss, grid, optimizer=optimizer, steps=steps, progress=progress, args=(compressed, *args[1:])
+        )
+        if agrees(run.losses[:1], [start_loss]):
+            return run
+    return optimize(_grid_loss, grid, optimizer=optimizer, steps=steps, progress=progress, args=args)
 
 
 def _continuous_message(start, optimized, improved, metric, failure, losses) -> str:

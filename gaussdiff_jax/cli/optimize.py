@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._interop._export import grid_fields
+from .._scale._compress import agrees, compression_for_loss
 from .._scale._sweep import group_schedules as _group_schedules
 from ._evaluate import evaluate
 from ._problem import Problem
@@ -138,7 +139,8 @@ def run(args) -> int:
         baselines = _baselines(args, problem, steps)
     with phase("optimizer"):
         base_name, base, start_ts = _starting_point(args, problem, steps, baselines)
-        optimized, info = _optimize(args, problem, base_name, base, start_ts)
+        start_value = next((b.value(args.divergence) for b in baselines if b.name == base_name), None)
+        optimized, info = _optimize(args, problem, base_name, base, start_ts, start_value)
         _score_in_place_of_a_baseline(optimized, baselines, problem)
     best = _best(baselines, args.divergence)
     if best is not None and not _better(optimized, best, args.divergence):
@@ -243,28 +245,28 @@ def _starting_point(args, problem, steps, baselines):
     return name, base, problem.grid(base, name, "uniform", steps)
 
 
-def _law(problem, schedule, ts):
+def _law(problem, source, schedule, ts):
     # DDIM (eta = 0) has a closed form that is cheaper to differentiate than the recursion.
     if isinstance(problem.sampler, gdj().DDIM) and float(problem.sampler.eta) == 0.0:
-        return gdj().ddim_law(problem.source, schedule, ts, init=problem.init)
-    return gdj().sample_law(problem.source, schedule, problem.sampler, ts, init=problem.init)
+        return gdj().ddim_law(source, schedule, ts, init=problem.init)
+    return gdj().sample_law(source, schedule, problem.sampler, ts, init=problem.init)
 
 
-def _loss_and_module(args, problem, base, start_ts):
-    """The module to train (its logits only) and the loss of the divergence as a function of it."""
+def _loss_and_module(args, problem, base, start_ts, source):
+    """The module to train (its logits only) and the loss of the divergence on `source` as a function of it."""
     g = gdj()
 
     def divergence(law):
         if args.divergence == "kl":
-            return g.kl(problem.source, law, target=problem.target, direction=problem.direction)
-        return g.w2_squared(problem.source, law, target=problem.target)
+            return g.kl(source, law, target=problem.target, direction=problem.direction)
+        return g.w2_squared(source, law, target=problem.target)
 
     if args.param == "grid":
         module = g.LearnableGrid.from_times(start_ts)
         return (
             module,
             eqx.tree_at(lambda m: m.logits, _nothing(module), True),
-            lambda m: divergence(_law(problem, base, m.times())),
+            lambda m: divergence(_law(problem, source, base, m.times())),
         )
     if args.knots < 1:
         raise CLIError(f"--knots must be >= 1; got {args.knots}")
@@ -275,7 +277,7 @@ def _loss_and_module(args, problem, base, start_ts):
     return (
         module,
         eqx.tree_at(lambda m: m.warp.logits, _nothing(module), True),
-        lambda m: divergence(_law(problem, m, uniform)),
+        lambda m: divergence(_law(problem, source, m, uniform)),
     )
 
 
@@ -293,9 +295,12 @@ def _optimizer(args):
     return optax.adam(optax.cosine_decay_schedule(lr, max(args.iterations, 1))), {"learning_rate": lr}
 
 
-def _optimize(args, problem, base_name, base, start_ts) -> tuple[Candidate, dict]:
-    """Run the optimizer from the starting point; the optimized candidate (scored by the sweep) and the log."""
-    module, trainable, loss = _loss_and_module(args, problem, base, start_ts)
+def _optimize(args, problem, base_name, base, start_ts, start_value) -> tuple[Candidate, dict]:
+    """Run the optimizer from the starting point; the optimized candidate (scored by the sweep) and the log.
+
+    The loss is evaluated on the spectrum's quadrature compression (`gdj.compress`: 204 of CIFAR-10's 3072 modes)
+    when its value at the start reproduces the start's exact score `start_value` to 1e-9; else (or with no score:
+    `--schedule`) on every mode. The table scores the result on every mode either way."""
     optimizer, info = _optimizer(args)
     what = "time grid" if args.param == "grid" else "schedule (time warp)"
     say(
@@ -306,23 +311,35 @@ def _optimize(args, problem, base_name, base, start_ts) -> tuple[Candidate, dict
         f"{fmt(problem.sigma_min, 4)}, starting from {base_name} (uniform t).",
     )
     opt_start = time.perf_counter()
-    try:
-        result = gdj().optimize(
-            loss,
-            module,
-            optimizer=optimizer,
-            steps=args.iterations,
-            progress=not args.quiet and not args.no_progress,
-            filter_spec=trainable,
-        )
-    except FloatingPointError as error:
-        raise CLIError(one_line(error)) from None
+    compressed = compression_for_loss(problem.source) if start_value is not None else None
+    exact = None if start_value is None else start_value ** (2 if args.divergence == "w2" else 1)
+    for source in [compressed, problem.source] if compressed is not None else [problem.source]:
+        module, trainable, loss = _loss_and_module(args, problem, base, start_ts, source)
+        try:
+            result = gdj().optimize(
+                loss,
+                module,
+                optimizer=optimizer,
+                steps=args.iterations,
+                progress=not args.quiet and not args.no_progress,
+                filter_spec=trainable,
+            )
+        except FloatingPointError as error:
+            raise CLIError(one_line(error)) from None
+        if source is not compressed or agrees(result.losses[:1], [exact]):
+            break
     losses = np.asarray(result.losses, dtype=np.float64)
     best_step = int(np.argmin(losses))
     say(
         args,
         f"optimizer: best loss {losses[best_step]:.6g} at step {best_step} of {args.iterations} "
-        f"(start {losses[0]:.6g}, last {losses[-1]:.6g}).",
+        f"(start {losses[0]:.6g}, last {losses[-1]:.6g})"
+        + (
+            f"; evaluated on {source.eigenvalues.shape[0]} weighted modes, the quadrature compression of the "
+            f"{problem.source.eigenvalues.shape[0]} (equal to the exact loss at the start to 1e-9)."
+            if source is compressed
+            else "."
+        ),
     )
     if args.param == "grid":
         schedule, ts = base, np.asarray(result.module.times(), dtype=np.float64)
@@ -334,6 +351,7 @@ def _optimize(args, problem, base_name, base, start_ts) -> tuple[Candidate, dict
         base_schedule=base_name,
         optimizer=args.optimizer,
         iterations=int(args.iterations),
+        loss_modes=int(source.eigenvalues.shape[0]),
         seconds=time.perf_counter() - opt_start,
         best_step=best_step,
         improved=True,
