@@ -313,7 +313,7 @@ def _optimize(args, problem, base_name, base, start_ts, start_value) -> tuple[Ca
     opt_start = time.perf_counter()
     compressed = compression_for_loss(problem.source) if start_value is not None else None
     exact = None if start_value is None else start_value ** (2 if args.divergence == "w2" else 1)
-    for source in [compressed, problem.source] if compressed is not None else [problem.source]:
+    for source in [s for s in (compressed, problem.source) if s is not None]:
         module, trainable, loss = _loss_and_module(args, problem, base, start_ts, source)
         try:
             result = gdj().optimize(
