@@ -280,6 +280,7 @@ def test_compression_for_loss_only_where_it_pays_and_cached():
     # Too small to be worth it, batched, or traced (inside jit): None, the caller keeps every mode.
     assert compression_for_loss(gdj.GaussianSource(np.linspace(0.1, 2.0, 1000))) is None
     assert compression_for_loss(gdj.GaussianSource(np.ones((2, 3072)))) is None
+    assert compression_for_loss(gdj.cast(cifar, jnp.float32)) is None
     seen = []
     jax.jit(lambda lam: seen.append(compression_for_loss(gdj.GaussianSource(lam))) or lam)(cifar.eigenvalues)
     assert seen == [None]

@@ -564,15 +564,18 @@ _loss_compressions: dict[tuple, GaussianSource | None] = {}
 
 def compression_for_loss(source: GaussianSource) -> GaussianSource | None:
     """`compress(source).source` when it is worth using in place of `source` for a divergence evaluated many
-    times (a grid search, an optimization): a concrete 1-D spectrum of at least 1024 modes that compresses at
-    least 4x (CIFAR-10: 3072 -> 204 modes). Else `None`.
+    times (a grid search, an optimization): a concrete 1-D float64 spectrum of at least 1024 modes that compresses
+    at least 4x (CIFAR-10: 3072 -> 204 modes). Else `None` (float32 too: its rounding, ~1e-7 relative, cannot pass
+    the 1e-9 agreement check, which would only add a wasted run).
 
     The caller must check the compressed values against exact ones (`agrees`) before trusting it: the quadrature
     mis-represents samplers whose per-mode error is not smooth in the eigenvalue (unstable explicit steps). Cached
     per spectrum for the process (a compression costs ~2 ms for 3072 modes, as much as a whole optimization)."""
     lam = source.eigenvalues
     arrays = [x for x in (lam, source.mean, source.weights) if x is not None]
-    if lam.ndim != 1 or lam.shape[0] < _MIN_MODES_FOR_LOSS or any(isinstance(x, jax.core.Tracer) for x in arrays):
+    if lam.ndim != 1 or lam.shape[0] < _MIN_MODES_FOR_LOSS or lam.dtype != np.float64:
+        return None
+    if any(isinstance(x, jax.core.Tracer) for x in arrays):
         return None
     parts = [np.asarray(x) for x in arrays]
     key = tuple((str(x.dtype), x.shape, x.tobytes()) for x in parts) + (source.mean is None, source.weights is None)
