@@ -363,8 +363,9 @@ def hlo_summary(loss, n: int) -> str:
     from gaussdiff_jax._optimization import _optimize as internals
 
     params, static = eqx.partition(gdj.LearnableGrid(n, 1.0, T_MIN), eqx.is_inexact_array)
-    problem = (internals._Loss(loss), internals._Key(optax.lbfgs()), static, None)
-    carry = internals._start(params, problem)
+    leaves, treedef = jax.tree_util.tree_flatten(params)  # as `gdj.optimize` builds its problem
+    problem = (internals._Loss(loss), internals._Key.of(optax.lbfgs()), (treedef, static), None)
+    carry = internals._start(leaves, problem)
     arguments = (carry, np.asarray(128, np.int32), np.asarray(100, np.int32), np.asarray(1e-8), problem)
     t0 = time.perf_counter()
     lowered = internals._chunk.lower(*arguments)
