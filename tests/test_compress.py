@@ -277,6 +277,13 @@ def test_compression_for_loss_only_where_it_pays_and_cached():
     compressed = compression_for_loss(cifar)
     assert compressed.eigenvalues.shape == (204,) and compressed.num_modes == 3072
     assert compression_for_loss(gdj.GaussianSource(gdj.spectra.load("cifar10"))) is compressed  # same spectrum
+    # A different mean is a different spectrum; the cache keeps the last 8 spectra.
+    with_mean = compression_for_loss(gdj.GaussianSource(cifar.eigenvalues, mean=np.full(3072, 0.1)))
+    assert with_mean is not compressed and with_mean.mean is not None
+    for scale in range(2, 10):
+        compression_for_loss(gdj.GaussianSource(scale * cifar.eigenvalues))
+    again = compression_for_loss(cifar)
+    assert again is not compressed and np.array_equal(again.eigenvalues, compressed.eigenvalues)
     # Too small to be worth it, batched, or traced (inside jit): None, the caller keeps every mode.
     assert compression_for_loss(gdj.GaussianSource(np.linspace(0.1, 2.0, 1000))) is None
     assert compression_for_loss(gdj.GaussianSource(np.ones((2, 3072)))) is None

@@ -50,6 +50,7 @@ $w[F + Gm^2] = w(1 - cm^2)F + cwm^2[F + G/c]$. Both parts are positive measures,
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -559,6 +560,7 @@ def compress_power_law(
 
 # Spectra this small are evaluated in full: a compression would not save enough to pay for its own check.
 _MIN_MODES_FOR_LOSS = 1024
+_MAX_CACHED = 8  # spectra whose compression is kept (the oldest goes first)
 _loss_compressions: dict[tuple, GaussianSource | None] = {}
 
 
@@ -570,18 +572,25 @@ def compression_for_loss(source: GaussianSource) -> GaussianSource | None:
 
     The caller must check the compressed values against exact ones (`agrees`) before trusting it: the quadrature
     mis-represents samplers whose per-mode error is not smooth in the eigenvalue (unstable explicit steps). Cached
-    per spectrum for the process (a compression costs ~2 ms for 3072 modes, as much as a whole optimization)."""
+    per spectrum (by a digest of its arrays; the last 8) for the process: a compression costs ~2 ms for 3072
+    modes, as much as a whole optimization."""
     lam = source.eigenvalues
     arrays = [x for x in (lam, source.mean, source.weights) if x is not None]
     if lam.ndim != 1 or lam.shape[0] < _MIN_MODES_FOR_LOSS or lam.dtype != np.float64:
         return None
     if any(isinstance(x, jax.core.Tracer) for x in arrays):
         return None
-    parts = [np.asarray(x) for x in arrays]
-    key = tuple((str(x.dtype), x.shape, x.tobytes()) for x in parts) + (source.mean is None, source.weights is None)
+    digest = hashlib.blake2b(digest_size=16)
+    for x in arrays:
+        x = np.asarray(x)
+        digest.update(f"{x.dtype}{x.shape}".encode())
+        digest.update(x.tobytes())
+    key = (digest.hexdigest(), source.mean is None, source.weights is None)
     if key not in _loss_compressions:
         compressed = compress(source).source
         _loss_compressions[key] = compressed if 4 * compressed.eigenvalues.shape[0] <= lam.shape[0] else None
+        while len(_loss_compressions) > _MAX_CACHED:
+            _loss_compressions.pop(next(iter(_loss_compressions)))
     return _loss_compressions[key]
 
 
