@@ -211,7 +211,7 @@ def test_optimization_on_the_compressed_spectrum_finds_the_full_spectrum_result(
     """On CIFAR-10 (3072 modes) both stages run on the quadrature compression (204 modes), checked against the
     exact value at their start: same grids, same scores as on every mode. Where the check fails (here: a
     compression that is off by 1e-7) both stages fall back to every mode, with the same result."""
-    from gaussdiff_jax._optimization import _timesteps
+    from gaussdiff_jax._optimization import _optimize, _timesteps
 
     src = gdj.GaussianSource(gdj.spectra.load("cifar10"))
     modes = []
@@ -228,7 +228,8 @@ def test_optimization_on_the_compressed_spectrum_finds_the_full_spectrum_result(
     good = _timesteps.compression_for_loss(src)
     off = gdj.GaussianSource(good.eigenvalues, weights=good.weights * (1 + 1e-7))
     for replacement in (None, off):
-        monkeypatch.setattr(_timesteps, "compression_for_loss", lambda source, r=replacement: r)
+        for module in (_timesteps, _optimize):  # the integer search's and the continuous stage's
+            monkeypatch.setattr(module, "compression_for_loss", lambda source, r=replacement: r)
         modes.clear()
         full = run()
         # The integer search ranks on every mode (after one check of the wrong compression); the continuous

@@ -250,19 +250,7 @@ def select_timesteps(
     if denoiser is not None and data is None:
         raise ValueError("select_timesteps: a denoiser needs held-out data=(n, d) to measure its error on.")
     T = schedule.num_train_timesteps
-    profile = None
-    if denoiser is not None:
-        profile, fit = measure_error_profile(
-            denoiser, data, schedule, parameterization=parameterization, num_levels=num_levels, key=key
-        )
-        if source is None:
-            source = fit.source()
-        else:
-            profile = _aligned_profile(profile, fit, source)
-    elif source is None:
-        if data is None:
-            raise ValueError("select_timesteps needs source= (the data's spectrum) or data=(n, d) samples.")
-        source = fit_gaussian(data).source()
+    source, profile = _source_and_profile(schedule, source, denoiser, data, parameterization, num_levels, key)
     say = _printer(progress)
 
     grids = _candidate_grids(schedule, sampler, nfe)
@@ -288,6 +276,19 @@ def select_timesteps(
     return TimestepSelection(
         chosen.timesteps, ts, chosen.predicted, "w2" if profile is None else "w2+network error", ordered, profile
     )
+
+
+def _source_and_profile(schedule, source, denoiser, data, parameterization, num_levels, key):
+    """The Gaussian model of the data (`source`, else the fit to `data`) and the network's error profile in its
+    modes (`None` without a denoiser)."""
+    if denoiser is None:
+        if source is None and data is None:
+            raise ValueError("select_timesteps needs source= (the data's spectrum) or data=(n, d) samples.")
+        return (fit_gaussian(data).source() if source is None else source), None
+    profile, fit = measure_error_profile(
+        denoiser, data, schedule, parameterization=parameterization, num_levels=num_levels, key=key
+    )
+    return (fit.source(), profile) if source is None else (source, _aligned_profile(profile, fit, source))
 
 
 def _network_search(score, best: Candidate, start: np.ndarray, T: int, max_rounds: int, say) -> Candidate | None:

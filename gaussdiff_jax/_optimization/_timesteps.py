@@ -41,7 +41,7 @@ from ._grid_scores import (
     scores_of,
 )
 from ._learnable import LearnableGrid
-from ._optimize import optimize
+from ._optimize import optimize, optimize_on_compression
 
 # A result counts as an improvement only when it beats the reference by this relative margin: the two are
 # scored by differently-shaped compiled calls, which may differ in the last bits.
@@ -273,12 +273,9 @@ def optimize_grid(
     names = _grid.available(schedule) if names is None else list(names)
     context = (source, schedule, sampler)
     options = {"init": init, "target": target, "direction": direction, "kl": metric == "kl"}
-    grids = baseline_grids(schedule, sampler, nfe, names, False, grid_options)
-    base = scores_of(names, grids, *context, **options)
-    int_base = None
-    if isinstance(schedule, Discrete) and integer is not False:
-        grids = baseline_grids(schedule, sampler, nfe, names, True, grid_options)
-        int_base = scores_of([n + "/int" for n in names], grids, *context, **options)
+    base, int_base = _scored_baselines(
+        context, options, nfe, names, isinstance(schedule, Discrete) and integer is not False, grid_options
+    )
     note = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
     return _optimize_from(
         base,
@@ -292,6 +289,17 @@ def optimize_grid(
         show_steps=progress,
         note=note,
     )
+
+
+def _scored_baselines(context, options, nfe, names, integer: bool, grid_options):
+    """The named baseline grids for the budget scored in continuous time, and (`integer`) rounded to the table's
+    training indices (named `"<name>/int"`; else `None`)."""
+    schedule, sampler = context[1], context[2]
+    base = scores_of(names, baseline_grids(schedule, sampler, nfe, names, False, grid_options), *context, **options)
+    if not integer:
+        return base, None
+    grids = baseline_grids(schedule, sampler, nfe, names, True, grid_options)
+    return base, scores_of([n + "/int" for n in names], grids, *context, **options)
 
 
 def _optimize_from(base, int_base, context, options, *, metric, steps, optimizer, grid_options, show_steps, note):
@@ -340,18 +348,24 @@ def _optimize_from(base, int_base, context, options, *, metric, steps, optimizer
 
 
 def _optimize_grid_loss(grid, optimizer, steps, args, start_loss, progress):
-    """`gdj.optimize` of `_grid_loss` from `grid`: on the spectrum's quadrature compression (`gdj.compress`,
-    204 of CIFAR-10's 3072 modes: ~15x less work per iteration) when its loss at the start reproduces the
-    start's exact loss `start_loss` to 1e-9, else (or for small spectra) on the full spectrum. The optimized
-    grid is scored on the full spectrum afterwards either way (`_better_of`)."""
-    compressed = compression_for_loss(args[0])
-    if compressed is not None:
-        run = optimize(
-            _grid_loss, grid, optimizer=optimizer, steps=steps, progress=progress, args=(compressed, *args[1:])
-        )
-        if agrees(run.losses[:1], [start_loss]):
-            return run
-    return optimize(_grid_loss, grid, optimizer=optimizer, steps=steps, progress=progress, args=args)
+    """`gdj.optimize` of `_grid_loss` from `grid`, on the spectrum's checked compression (`optimize_on_compression`);
+    the optimized grid is scored on the full spectrum afterwards either way (`_better_of`)."""
+
+    def run(source):
+        return optimize(_grid_loss, grid, optimizer=optimizer, steps=steps, progress=progress, args=(source, *args[1:]))
+
+    return optimize_on_compression(run, args[0], start_loss)[0]
+
+
+def _comparison_rows(res: GridOptimization, int_base, metric: str) -> list[GridScore]:
+    """`compare_grids`' rows for one metric: the best integer baseline, the optimized grid and its rounding."""
+    rows = []
+    if int_base is not None:
+        rows.append(min(int_base, key=lambda b: metric_value(b, metric))._replace(name=f"best/int[{metric}]"))
+    rows.append(res.optimized._replace(name=f"optimized[{metric}]"))
+    if res.rounded is not None:
+        rows.append(res.rounded._replace(name=f"optimized[{metric}]/int"))
+    return rows
 
 
 def _continuous_message(start, optimized, improved, metric, failure, losses) -> str:
@@ -482,41 +496,22 @@ def compare_grids(
     options = {"init": init, "target": target, "direction": direction, "kl": "kl" in metrics}
     names = _grid.available(schedule) if names is None else list(names)
     discrete = isinstance(schedule, Discrete) and integer is not False
+    settings = {"steps": steps, "optimizer": optimizer, "grid_options": grid_options, "show_steps": False}
+    settings["note"] = lambda text: None
     out, notes = {}, []
     with Stages(progress, len(nfes) * (1 + len(metrics)), "compare_grids") as bar:
         for nfe in nfes:
             bar.stage(f"NFE {nfe}: scoring {len(names) * (1 + discrete)} baselines")
-            grids = baseline_grids(schedule, sampler, nfe, names, False, grid_options)
-            base = scores_of(names, grids, *context, **options)
-            int_base = None
-            if discrete:
-                grids = baseline_grids(schedule, sampler, nfe, names, True, grid_options)
-                int_base = scores_of([n + "/int" for n in names], grids, *context, **options)
+            base, int_base = _scored_baselines(context, options, nfe, names, discrete, grid_options)
             bar.advance()
             extra = []
             for metric in metrics:
                 bar.stage(f"NFE {nfe}: optimizing {metric} ({steps} steps), integer search")
-                res = _optimize_from(
-                    base,
-                    int_base,
-                    context,
-                    options,
-                    metric=metric,
-                    steps=steps,
-                    optimizer=optimizer,
-                    grid_options=grid_options,
-                    show_steps=False,
-                    note=lambda text: None,
-                )
+                res = _optimize_from(base, int_base, context, options, metric=metric, **settings)
                 if not res.improved or res.rounded_improved is False:
                     notes.append(f"NFE {nfe}, {metric}: {res.message}")
                     bar.note(notes[-1])
-                if int_base is not None:
-                    best = min(int_base, key=lambda b: metric_value(b, metric))
-                    extra.append(best._replace(name=f"best/int[{metric}]"))
-                extra.append(res.optimized._replace(name=f"optimized[{metric}]"))
-                if res.rounded is not None:
-                    extra.append(res.rounded._replace(name=f"optimized[{metric}]/int"))
+                extra += _comparison_rows(res, int_base, metric)
                 bar.advance()
             out[int(nfe)] = list(base) + extra
     return GridComparison(out, notes)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._interop._export import grid_fields
-from .._scale._compress import agrees, compression_for_loss
+from .._optimization._optimize import optimize_on_compression
 from .._scale._sweep import group_schedules as _group_schedules
 from ._evaluate import evaluate
 from ._problem import Problem
@@ -311,12 +311,11 @@ def _optimize(args, problem, base_name, base, start_ts, start_value) -> tuple[Ca
         f"{fmt(problem.sigma_min, 4)}, starting from {base_name} (uniform t).",
     )
     opt_start = time.perf_counter()
-    compressed = compression_for_loss(problem.source) if start_value is not None else None
-    exact = None if start_value is None else start_value ** (2 if args.divergence == "w2" else 1)
-    for source in [s for s in (compressed, problem.source) if s is not None]:
+
+    def run(source):
         module, trainable, loss = _loss_and_module(args, problem, base, start_ts, source)
         try:
-            result = gdj().optimize(
+            return gdj().optimize(
                 loss,
                 module,
                 optimizer=optimizer,
@@ -326,8 +325,12 @@ def _optimize(args, problem, base_name, base, start_ts, start_value) -> tuple[Ca
             )
         except FloatingPointError as error:
             raise CLIError(one_line(error)) from None
-        if source is not compressed or agrees(result.losses[:1], [exact]):
-            break
+
+    if start_value is None:  # --schedule: no exact score of the start to check a compression against
+        result, source = run(problem.source), problem.source
+    else:
+        exact = start_value ** (2 if args.divergence == "w2" else 1)
+        result, source = optimize_on_compression(run, problem.source, exact)
     losses = np.asarray(result.losses, dtype=np.float64)
     best_step = int(np.argmin(losses))
     say(
@@ -337,7 +340,7 @@ def _optimize(args, problem, base_name, base, start_ts, start_value) -> tuple[Ca
         + (
             f"; evaluated on {source.eigenvalues.shape[0]} weighted modes, the quadrature compression of the "
             f"{problem.source.eigenvalues.shape[0]} (equal to the exact loss at the start to 1e-9)."
-            if source is compressed
+            if source is not problem.source
             else "."
         ),
     )
