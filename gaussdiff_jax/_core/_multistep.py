@@ -72,6 +72,17 @@ def _get(matrix: dict, i: int, j: int) -> Array:
     return matrix[(i, j) if i <= j else (j, i)]
 
 
+def _is_zero(x) -> bool:
+    """A weight that is zero by the sampler's structure: a Python number 0 (not a traced array)."""
+    return isinstance(x, (int, float)) and x == 0
+
+
+def _dot(weights, values) -> Array | float:
+    """sum_j w_j v_j over the weights that are not structurally zero (`_is_zero`): a step writing from 2 of
+    PNDM's 6 slots then costs 2 terms per covariance entry, not 6, in run time and in the compiled program."""
+    return sum((w * v for w, v in zip(weights, values) if not _is_zero(w)), 0.0)
+
+
 class _Row(NamedTuple):
     """One combination turned into per-mode coefficients."""
 
@@ -90,8 +101,8 @@ class _Row(NamedTuple):
 
 def _weights(cmb: Combination, levels, num_slots: int):
     """Total weights A_j on D_j and S_j on eps_hat_j (x_base = alpha D + sigma eps_hat)."""
-    A = [cmb.data[j] + (cmb.scale * levels[j].alpha if j == cmb.base else 0.0) for j in range(num_slots)]
-    S = [cmb.noise[j] + (cmb.scale * levels[j].sigma if j == cmb.base else 0.0) for j in range(num_slots)]
+    A = [cmb.data[j] + cmb.scale * levels[j].alpha if j == cmb.base else cmb.data[j] for j in range(num_slots)]
+    S = [cmb.noise[j] + cmb.scale * levels[j].sigma if j == cmb.base else cmb.noise[j] for j in range(num_slots)]
     return A, S
 
 
@@ -101,12 +112,15 @@ def _defect(cmb, A, S, levels, geom, new: _Geometry, lam, schedule, grid_slots, 
     alpha_n, sigma_n = level.alpha, level.sigma
     safe_alpha_n = jnp.where(alpha_n > 0, alpha_n, 1.0)
     rho_a = cmb.data_residual / safe_alpha_n
-    others = [j for j in range(len(levels)) if j != base]
-    c_tilde = {j: A[j] / safe_alpha_n for j in others}
+    # Slots other than the base that the combination does not read (both weights structurally zero) add nothing.
+    others = [j for j in range(len(levels)) if j != base and not (_is_zero(A[j]) and _is_zero(S[j]))]
+    c_tilde = {j: 0.0 if _is_zero(A[j]) else A[j] / safe_alpha_n for j in others}
     c_tilde[base] = 1 + rho_a - sum((c_tilde[j] for j in others), 0.0)
     sqrt_lam = safe_sqrt(lam)
     total = rho_a
-    for j in range(len(levels)):
+    for j in sorted(c_tilde):
+        if _is_zero(c_tilde[j]):
+            continue
         # cos(phi_j - phi_new) - 1 = -sin^2/(1 + cos), sin(phi_j - phi_new) = sqrt(lam)(abar_new - abar_j) r_j r_new / X.
         d_ab = alpha_bar_difference(schedule, levels[j], level, on_grid=grid_slots[j] and grid_new)
         cross = levels[j].sigma * alpha_n + levels[j].alpha * sigma_n
@@ -129,24 +143,24 @@ def _row(cmb, state: MultistepState, lam, schedule, grid_slots, grid_new, with_e
     s = len(levels)
     new = _geometry(cmb.level, lam)
     A, S = _weights(cmb, levels, s)
-    kappa = [A[j] * geom[j].c + S[j] * geom[j].sn for j in range(s)]
+    kappa = [_dot((A[j], S[j]), (geom[j].c, geom[j].sn)) for j in range(s)]
     omega_plain = []
     if with_errors:
         for j in range(s):
             ratio = jnp.where(levels[j].sigma > 0, levels[j].alpha / jnp.where(levels[j].sigma > 0, levels[j].sigma, 1.0), 0.0)
-            omega_plain.append(cmb.data[j] - cmb.noise[j] * ratio)
-    ell = [k * new.r for k in kappa]
+            omega_plain.append(_dot((1.0, cmb.noise[j]), (cmb.data[j], -ratio)))  # data_j - noise_j alpha_j / sigma_j
+    ell = [0.0 if _is_zero(k) else k * new.r for k in kappa]
     defect = _defect(cmb, A, S, levels, geom, new, lam, schedule, grid_slots, grid_new)
     # ell_base - 1 = defect - sum of the other weights: the small part with full relative precision, so that
     # multiplying a deviation by ell_base rounds only relative to that small part (1e4 steps in float32).
     ell_small = list(ell)
-    ell_small[cmb.base] = defect - sum((ell[j] for j in range(s) if j != cmb.base), 0.0)
+    ell_small[cmb.base] = defect - sum((w for j, w in enumerate(ell) if j != cmb.base and not _is_zero(w)), 0.0)
     return _Row(
         base=cmb.base,
         ell=ell,
         ell_small=ell_small,
         kappa=kappa,
-        omega=[w * new.r for w in omega_plain],
+        omega=[0.0 if _is_zero(w) else w * new.r for w in omega_plain],
         omega_plain=omega_plain,
         defect=defect,
         fresh_normalized=cmb.fresh * new.r**2,
@@ -166,9 +180,9 @@ def _new_row(matrix: dict, row: _Row, n_slots: int, n_total: int, defect) -> tup
     small = row.ell_small + row.omega
     out = []
     for k in range(n_total):
-        value = _get(matrix, row.base, k) + sum((w * _get(matrix, j, k) for j, w in enumerate(small)), 0.0)
+        value = _get(matrix, row.base, k) + _dot(small, [_get(matrix, j, k) for j in range(len(small))])
         out.append(value + defect if k < n_slots else value)
-    var = out[row.base] + sum((w * out[j] for j, w in enumerate(small)), 0.0) + defect + row.fresh_normalized
+    var = out[row.base] + _dot(small, out) + defect + row.fresh_normalized
     return out, var
 
 
@@ -176,8 +190,9 @@ def _plain_moments(state: MultistepState, row: _Row, n_slots: int):
     """Mean and variance of the new point in plain units (x - alpha m): sum_j kappa_j u_j + sum_j w_j e_j + noise."""
     weights = row.kappa + row.omega_plain
     cov = state.normalized
-    var = sum((wi * wj * _get(cov, i, j) for i, wi in enumerate(weights) for j, wj in enumerate(weights)), 0.0)
-    mean = sum((row.kappa[j] * state.mean_normalized[j] for j in range(n_slots)), 0.0) + row.data_residual
+    used = [i for i, w in enumerate(weights) if not _is_zero(w)]
+    var = sum((weights[i] * weights[j] * _get(cov, i, j) for i in used for j in used), 0.0)
+    mean = _dot(row.kappa, state.mean_normalized) + row.data_residual
     return mean, var + row.fresh
 
 
@@ -189,7 +204,7 @@ def _write(state: MultistepState, target: int | None, row: _Row, level: Level, m
     plain_mean, plain_var = _plain_moments(state, row, n_slots)
     mean_normalized_new = (
         state.mean_normalized[row.base]
-        + sum((row.ell_small[j] * state.mean_normalized[j] for j in range(n_slots)), 0.0)
+        + _dot(row.ell_small, state.mean_normalized)
         + row.data_residual * row.geometry.r
     )
 

@@ -69,15 +69,18 @@ def _transfer(schedule, cur, new, eps_weights, num_slots, *, base=0, first=None,
     safe_alpha = jnp.where(cur.alpha > 0, cur.alpha, 1.0)
     scale = new.alpha / safe_alpha
     c = ddim_noise_weight(schedule, cur, new)
-    zero = jnp.zeros_like(scale)
-    noise = [zero if w is None else c * w for w in eps_weights]
-    data = [zero for _ in range(num_slots)]
+    # Slots a combination does not read get a Python 0.0: the engine drops their terms (see `_core._multistep`).
+    noise = [0.0 if w is None else c * w for w in eps_weights]
+    data = [0.0] * num_slots
     if first is not None:
         # alpha'/max(alpha, f) (alpha D + sigma eps_b - sigma e) + sigma' e, with e = eps_b for a first step.
         w_base = eps_weights[base]
         kept = jnp.where(cur.alpha > 0, cur.alpha / jnp.maximum(cur.alpha, floor), 0.0) if floor else 1.0
         direct = new.sigma + (w_base - 1.0) * jnp.where(jnp.isfinite(c), c, 0.0)
-        noise = [jnp.where(first, direct if j == base else 0.0, n) for j, n in enumerate(noise)]
+        noise = [
+            jnp.where(first, direct, n) if j == base else (n if isinstance(n, float) else jnp.where(first, 0.0, n))
+            for j, n in enumerate(noise)
+        ]
         data[base] = jnp.where(first, new.alpha * kept, 0.0)
         scale = jnp.where(first, 0.0, scale)
         # Dropping part of D (kept < 1, only at alpha < f) moves the mean: sum of data weights - alpha'.
@@ -171,12 +174,11 @@ class PNDM(AbstractMultistepSampler):
         # (1/6) T(x_k -> new, e_c) = (alpha'/6) D_k + (alpha' sigma / (6 alpha)) eps_k + (c/6) e_c.
         c = ddim_noise_weight(schedule, cur, new)
         safe_alpha = jnp.where(cur.alpha > 0, cur.alpha, 1.0)
-        zero = jnp.zeros_like(c)
         update = Combination(
             base=4,
             scale=jnp.where(rk, 5 / 6, 1.0).astype(c.dtype),
-            data=(jnp.where(rk, new.alpha / 6, 0.0), zero, zero, zero, zero, zero),
-            noise=(jnp.where(rk, new.alpha * cur.sigma / safe_alpha / 6, 0.0), zero, zero, zero, zero,
+            data=(jnp.where(rk, new.alpha / 6, 0.0), 0.0, 0.0, 0.0, 0.0, 0.0),
+            noise=(jnp.where(rk, new.alpha * cur.sigma / safe_alpha / 6, 0.0), 0.0, 0.0, 0.0, 0.0,
                    jnp.where(rk, c / 6, 0.0)),
             level=new,
         )
